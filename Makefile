@@ -1,0 +1,36 @@
+# Two commands that work on a fresh machine: `make demo` and `make test`.
+# Each sets up .venv itself. The CPU path pins torch==2.13.0 (a CPU build on this
+# machine's disk); the package itself only requires torch>=2.11.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@command -v dot >/dev/null || (command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) || echo "graphviz 'dot' not installed: SVG rendering will be skipped")
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m ruff check tfcompile tests benchmarks examples
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check tfcompile tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info
