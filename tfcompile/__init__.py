@@ -1,0 +1,64 @@
+"""tfcompile: TimelyFreeze as a compiler pass over traced pipeline stages.
+
+Public names are imported lazily so that `import tfcompile` stays cheap and a planner-only
+user never pays for tracing machinery (and vice versa).
+"""
+
+from importlib import import_module
+from typing import Any
+
+from tfcompile.errors import (
+    CostError,
+    FreezeConfigError,
+    GroupError,
+    PipelineFailure,
+    PlanError,
+    RuntimeConfigError,
+    ScheduleError,
+    TFCompileError,
+    TraceError,
+)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "trace_stage": "tfcompile.trace",
+    "StageProgram": "tfcompile.trace",
+    "dump_stage": "tfcompile.passes.dump",
+    "schedules": "tfcompile.schedules",
+    "Action": "tfcompile.schedule.actions",
+    "Schedule": "tfcompile.schedule.actions",
+    "ScheduleDAG": "tfcompile.schedule.dag",
+    "CostProfile": "tfcompile.schedule.costs",
+    "simulate": "tfcompile.schedule.simulate",
+    "Timeline": "tfcompile.schedule.simulate",
+    "plan_freeze": "tfcompile.schedule.lp",
+    "FreezePlan": "tfcompile.schedule.lp",
+    "compile": "tfcompile.api",
+    "Pipeline": "tfcompile.api",
+    "FreezeConfig": "tfcompile.freeze.config",
+}
+
+__all__ = [
+    "CostError",
+    "FreezeConfigError",
+    "GroupError",
+    "PipelineFailure",
+    "PlanError",
+    "RuntimeConfigError",
+    "ScheduleError",
+    "TFCompileError",
+    "TraceError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'tfcompile' has no attribute {name!r}")
+    module = import_module(module_name)
+    value = module if module_name.endswith("." + name) else getattr(module, name)
+    globals()[name] = value
+    return value
