@@ -1,0 +1,28 @@
+"""Freezing policies: which parameter groups an action freezes.
+
+``selection`` turns an LP ratio into groups (TimelyFreeze); ``apf``, ``autofreeze`` and
+``freezeout`` implement the baselines' published decision rules, and their metrics order the
+candidates in the ``timely+apf`` and ``timely+autofreeze`` hybrids.
+"""
+
+from tfcompile.freeze.policies.apf import APF
+from tfcompile.freeze.policies.autofreeze import AutoFreeze
+from tfcompile.freeze.policies.freezeout import FreezeOut
+from tfcompile.freeze.policies.selection import (
+    frozen_fraction,
+    metric_order,
+    normalised_costs,
+    random_order,
+    select_by_cost,
+)
+
+__all__ = [
+    "APF",
+    "AutoFreeze",
+    "FreezeOut",
+    "frozen_fraction",
+    "metric_order",
+    "normalised_costs",
+    "random_order",
+    "select_by_cost",
+]
