@@ -1,0 +1,183 @@
+"""ScheduleDAG: one node per action, edges for program order and data dependencies.
+
+Edges (DESIGN.md): program order on each rank; F(s,m) -> F(s+1,m); F(s,m) -> B|I(s,m);
+B|I(s+1,m) -> B|I(s,m); I(s,m) -> W(s,m). An edge between ranks carries the communication
+term ``comm``. Durations are affine in the cost symbols and the freeze ratios::
+
+    F(s,m): F_s     I(s,m): I_s     B(s,m): I_s + W_s*(1 - r_s_m)     W(s,m): W_s*(1 - r_s_m)
+
+The numeric path (simulation, LP) uses numpy arrays: ``duration = base - wpart * ratio``.
+Symbolic sympy expressions are built lazily (``duration_expr``, ``symbols``) for dumps and
+inspection only.
+
+For timing purposes every same-rank data edge is implied by program order (a valid schedule
+runs the producer earlier on the same rank), so each node has at most two *timing*
+predecessors: its program predecessor and at most one cross-rank data predecessor
+(``prog_pred``, ``data_pred``; -1 when absent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from tfcompile.errors import CostError
+from tfcompile.schedule.actions import Action, Schedule, action_deps
+from tfcompile.schedule.costs import CostProfile, as_profile
+
+KIND_CODE = {"F": 0, "B": 1, "I": 2, "W": 3}
+
+
+class ScheduleDAG:
+    """The DAG of one training step of ``schedule``."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.schedule = schedule
+        self.actions: list[Action] = [a for prog in schedule.programs for a in prog]
+        self.index: dict[Action, int] = {a: i for i, a in enumerate(self.actions)}
+        n = len(self.actions)
+        self.num_nodes = n
+        self.stage = np.fromiter((a.stage for a in self.actions), np.int64, n)
+        self.microbatch = np.fromiter((a.microbatch for a in self.actions), np.int64, n)
+        self.kind = np.fromiter((KIND_CODE[a.kind] for a in self.actions), np.int64, n)
+        self.rank = np.asarray(schedule.stage_to_rank, dtype=np.int64)[self.stage]
+        split = {
+            (s, m): False
+            for s in range(schedule.num_stages)
+            for m in range(schedule.num_microbatches)
+        }
+        for a in self.actions:
+            if a.kind == "I":
+                split[(a.stage, a.microbatch)] = True
+        self._split = split
+        prog_pred = np.full(n, -1, dtype=np.int64)
+        i = 0
+        for prog in schedule.programs:
+            if prog:
+                prog_pred[i + 1 : i + len(prog)] = np.arange(i, i + len(prog) - 1)
+            i += len(prog)
+        self.prog_pred = prog_pred
+        data_pred = np.full(n, -1, dtype=np.int64)
+        data_edges: list[tuple[int, int]] = []
+        ranks = self.rank
+        idx = self.index
+        for v, a in enumerate(self.actions):
+            for d in action_deps(a, split, schedule.num_stages):
+                u = idx[d]
+                data_edges.append((u, v))
+                if ranks[u] != ranks[v]:
+                    data_pred[v] = u
+        self.data_pred = data_pred
+        self.data_edges = np.array(data_edges, dtype=np.int64).reshape(-1, 2)
+        self.freezable = (self.kind == KIND_CODE["B"]) | (self.kind == KIND_CODE["W"])
+        self.topo = self._topological_order()
+        has_succ = np.zeros(n, dtype=bool)
+        has_succ[prog_pred[prog_pred >= 0]] = True
+        has_succ[data_pred[data_pred >= 0]] = True
+        self.sinks = np.flatnonzero(~has_succ)
+
+    # -- structure -------------------------------------------------------------------------
+    def _topological_order(self) -> np.ndarray:
+        n = self.num_nodes
+        indeg = (self.prog_pred >= 0).astype(np.int64) + (self.data_pred >= 0)
+        succ: list[list[int]] = [[] for _ in range(n)]
+        for v in np.flatnonzero(self.prog_pred >= 0).tolist():
+            succ[int(self.prog_pred[v])].append(v)
+        for v in np.flatnonzero(self.data_pred >= 0).tolist():
+            succ[int(self.data_pred[v])].append(v)
+        indeg_l = indeg.tolist()
+        stack = [v for v in range(n) if indeg_l[v] == 0]
+        order: list[int] = []
+        while stack:
+            u = stack.pop()
+            order.append(u)
+            for v in succ[u]:
+                indeg_l[v] -= 1
+                if indeg_l[v] == 0:
+                    stack.append(v)
+        return np.array(order, dtype=np.int64)
+
+    def edges(self, include_implied: bool = False) -> list[tuple[int, int, str]]:
+        """Edges as ``(u, v, kind)`` with kind ``program``, ``data`` or ``comm`` (cross-rank).
+
+        Same-rank data edges are implied by program order and only listed with
+        ``include_implied=True``.
+        """
+        out = [(int(p), v, "program") for v, p in enumerate(self.prog_pred.tolist()) if p >= 0]
+        for u, v in self.data_edges.tolist():
+            if self.rank[u] != self.rank[v]:
+                out.append((u, v, "comm"))
+            elif include_implied:
+                out.append((u, v, "data"))
+        return out
+
+    # -- costs -----------------------------------------------------------------------------
+    def bind(
+        self, costs: CostProfile | Mapping[str, Any] | str
+    ) -> tuple[np.ndarray, np.ndarray, float]:
+        """Numeric ``(base, wpart, comm)``: duration of node v is ``base[v] - wpart[v]*r[v]``."""
+        prof = as_profile(costs)
+        arr = prof.arrays(self.schedule.num_stages, self.schedule.num_microbatches)
+        s, m, k = self.stage, self.microbatch, self.kind
+        f, i_, w = arr["F"][s, m], arr["I"][s, m], arr["W"][s, m]
+        base = np.where(k == 0, f, np.where(k == 1, i_ + w, np.where(k == 2, i_, w)))
+        wpart = np.where(self.freezable, w, 0.0)
+        return base.astype(np.float64), wpart.astype(np.float64), float(prof.comm)
+
+    def ratio_vector(self, ratios: Mapping[tuple[int, int], float] | None) -> np.ndarray:
+        """Per-node ratio array from ``{(stage, microbatch): r}`` (missing keys are 0)."""
+        r = np.zeros(self.num_nodes)
+        if not ratios:
+            return r
+        nodes = np.flatnonzero(self.freezable)
+        for v in nodes.tolist():
+            key = (int(self.stage[v]), int(self.microbatch[v]))
+            if key in ratios:
+                val = float(ratios[key])
+                if not (0.0 <= val <= 1.0):
+                    raise CostError(
+                        f"freeze ratio of {self.actions[v]} must be in [0, 1], got {val}"
+                    )
+                r[v] = val
+        return r
+
+    # -- symbolic view (lazy; never on the numeric hot path) -------------------------------
+    def symbols(self) -> dict[str, Any]:
+        """Sympy symbols: ``F_s``, ``I_s``, ``W_s`` per stage, ``comm``, ``r_s_m``."""
+        import sympy
+
+        p, m = self.schedule.num_stages, self.schedule.num_microbatches
+        syms: dict[str, Any] = {"comm": sympy.Symbol("comm", nonnegative=True)}
+        for s in range(p):
+            for k in ("F", "I", "W"):
+                syms[f"{k}_{s}"] = sympy.Symbol(f"{k}_{s}", nonnegative=True)
+        for v in np.flatnonzero(self.freezable).tolist():
+            name = f"r_{self.stage[v]}_{self.microbatch[v]}"
+            syms[name] = sympy.Symbol(name, nonnegative=True)
+        del m
+        return syms
+
+    def duration_expr(self, action: Action | int) -> Any:
+        """Affine sympy expression of an action's duration, e.g. ``I_2 + W_2*(1 - r_2_5)``."""
+        import sympy
+
+        v = action if isinstance(action, int) else self.index[Action(*action)]
+        a = self.actions[v]
+        s = a.stage
+        F, I, W = (sympy.Symbol(f"{k}_{s}", nonnegative=True) for k in ("F", "I", "W"))
+        r = sympy.Symbol(f"r_{s}_{a.microbatch}", nonnegative=True)
+        return {"F": F, "I": I, "B": I + W * (1 - r), "W": W * (1 - r)}[a.kind]
+
+    def edge_expr(self, u: int, v: int) -> Any:
+        """Communication term of edge u -> v (``comm`` across ranks, else 0)."""
+        import sympy
+
+        return sympy.Symbol("comm", nonnegative=True) if self.rank[u] != self.rank[v] else 0
+
+    def __repr__(self) -> str:
+        return (
+            f"ScheduleDAG({self.schedule.name!r}, nodes={self.num_nodes}, "
+            f"comm_edges={int((self.data_pred >= 0).sum())})"
+        )
