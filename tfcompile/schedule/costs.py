@@ -119,8 +119,14 @@ class CostProfile:
 
     @classmethod
     def uniform(
-        cls, stages: int, F: float = 1.0, I: float = 1.0, W: float = 1.0, comm: float = 0.0
-    ) -> CostProfile:  # noqa: E741
+        cls,
+        stages: int,
+        F: float = 1.0,
+        I: float = 1.0,  # noqa: E741
+        W: float = 1.0,
+        comm: float = 0.0,
+    ) -> CostProfile:
+        """Every stage costs F, I, W (times in ms)."""
         return cls([{"F": F, "I": I, "W": W} for _ in range(stages)], comm)
 
     @classmethod

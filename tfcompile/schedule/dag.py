@@ -166,9 +166,9 @@ class ScheduleDAG:
         v = action if isinstance(action, int) else self.index[Action(*action)]
         a = self.actions[v]
         s = a.stage
-        F, I, W = (sympy.Symbol(f"{k}_{s}", nonnegative=True) for k in ("F", "I", "W"))
+        f, i, w = (sympy.Symbol(f"{k}_{s}", nonnegative=True) for k in ("F", "I", "W"))
         r = sympy.Symbol(f"r_{s}_{a.microbatch}", nonnegative=True)
-        return {"F": F, "I": I, "B": I + W * (1 - r), "W": W * (1 - r)}[a.kind]
+        return {"F": f, "I": i, "B": i + w * (1 - r), "W": w * (1 - r)}[a.kind]
 
     def edge_expr(self, u: int, v: int) -> Any:
         """Communication term of edge u -> v (``comm`` across ranks, else 0)."""

@@ -161,51 +161,51 @@ def _interleaved(p: int, v: int, m: int) -> list[list[Action]]:
 
 def _zbv(p: int, m: int) -> list[list[Action]]:
     """Zero-bubble V (Qi et al.): rank r holds chunk 0 = stage r and chunk 1 = stage 2p-1-r."""
-    programs = []
-    for r in range(p):
-        s0, s1 = r, 2 * p - 1 - r
-        prog: list[Action] = []
-        f0 = f1 = b0 = b1 = 0
+    return [_zbv_rank(p, m, r) for r in range(p)]
 
-        def F(chunk: int) -> None:
-            nonlocal f0, f1
-            if chunk == 0:
-                prog.append(Action(s0, "F", f0))
-                f0 += 1
-            else:
-                prog.append(Action(s1, "F", f1))
-                f1 += 1
 
-        # warm-up: fill chunk 0, then alternate into chunk 1, then start chunk-1 backwards
-        for _ in range(2 * (p - r) - 1):
-            F(0)
-        for _ in range(r):
-            F(1)
-            F(0)
-        for _ in range(p - r):
-            F(1)
-            prog += [Action(s1, "I", b1), Action(s1, "W", b1)]
-            b1 += 1
-        # steady state: F0 B0 F1 B1
-        while f1 < f0 or f0 < m:
-            if f0 < m:
-                F(0)
-            prog += [Action(s0, "I", b0), Action(s0, "W", b0)]
-            b0 += 1
-            F(1)
-            prog += [Action(s1, "I", b1), Action(s1, "W", b1)]
-            b1 += 1
-        # cool-down: input grads first, weight grads fill the bubbles
-        w0, w1 = b0, b1
-        for _ in range(r):
-            prog += [Action(s0, "I", b0), Action(s1, "I", b1)]
-            b0 += 1
-            b1 += 1
-        for _ in range(p - r):
-            prog += [Action(s0, "I", b0), Action(s0, "W", w0)]
-            b0 += 1
-            w0 += 1
-        prog += [Action(s1, "W", i) for i in range(w1, b1)]
-        prog += [Action(s0, "W", i) for i in range(w0, b0)]
-        programs.append(prog)
-    return programs
+def _zbv_rank(p: int, m: int, r: int) -> list[Action]:
+    s0, s1 = r, 2 * p - 1 - r
+    prog: list[Action] = []
+    nf = [0, 0]  # forwards issued per chunk
+    nb = [0, 0]  # input grads issued per chunk
+
+    def fwd(chunk: int) -> None:
+        prog.append(Action((s0, s1)[chunk], "F", nf[chunk]))
+        nf[chunk] += 1
+
+    def bwd(chunk: int, weight: bool = True) -> None:
+        stage = (s0, s1)[chunk]
+        prog.append(Action(stage, "I", nb[chunk]))
+        if weight:
+            prog.append(Action(stage, "W", nb[chunk]))
+        nb[chunk] += 1
+
+    # warm-up: fill chunk 0, then alternate into chunk 1, then start chunk-1 backwards
+    for _ in range(2 * (p - r) - 1):
+        fwd(0)
+    for _ in range(r):
+        fwd(1)
+        fwd(0)
+    for _ in range(p - r):
+        fwd(1)
+        bwd(1)
+    # steady state: F0 B0 F1 B1
+    while nf[1] < nf[0] or nf[0] < m:
+        if nf[0] < m:
+            fwd(0)
+        bwd(0)
+        fwd(1)
+        bwd(1)
+    # cool-down: input grads first, deferred weight grads fill the bubbles
+    w0, w1 = nb[0], nb[1]
+    for _ in range(r):
+        bwd(0, weight=False)
+        bwd(1, weight=False)
+    for _ in range(p - r):
+        bwd(0, weight=False)
+        prog.append(Action(s0, "W", w0))
+        w0 += 1
+    prog += [Action(s1, "W", i) for i in range(w1, nb[1])]
+    prog += [Action(s0, "W", i) for i in range(w0, nb[0])]
+    return prog
