@@ -4,7 +4,7 @@ Decision rule, as published, with parameter groups (in global forward order) as 
 layer i of L has freeze time t_i = g(t_0 + (1 - t_0) * i / (L - 1)) as a fraction of training,
 where g is the schedule function (linear x, squared x^2, cubic x^3; the paper's best is cubic
 with t_0 = 0.8 before cubing, so the first layer stops at 51% of training) and the last layer
-gets t = 1 (never frozen). Layer i is frozen from step ceil(t_i * total_steps) on. FreezeOut
+gets t = 1 (never frozen). Layer i is frozen from step round(t_i * total_steps) on. FreezeOut
 also anneals each layer's learning rate to zero by then (cosine) and, "scaled", multiplies
 its initial rate by 1 / t_i; the optimizer belongs to the user, so :meth:`lr_factor` returns
 that factor for the user's param groups instead of touching the optimizer.
@@ -37,7 +37,7 @@ class FreezeOut:
         for i, key in enumerate(self.order):
             self.fraction[key] = 1.0 if last <= 0 else scale(t0 + (1.0 - t0) * i / last)
         self.freeze_step: dict[Key, int] = {
-            key: math.ceil(f * total_steps) for key, f in self.fraction.items()
+            key: round(f * total_steps) for key, f in self.fraction.items()
         }
 
     def frozen(self, step: int) -> set[Key]:
