@@ -1,0 +1,113 @@
+"""The one place that touches private / semi-private torch APIs.
+
+Checked on torch 2.13.0 (CPU, this repository's pinned version) and written against the
+AOTAutograd entry points that also exist unchanged in torch 2.11 (``functorch.compile``:
+``aot_function``, ``default_partition``, ``make_boxed_func`` semantics not used).
+Everything else in tfcompile goes through the helpers below, so a torch upgrade that moves these
+names needs a change here only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+CHECKED_TORCH_VERSIONS = ("2.11", "2.13")
+
+# Substrings of exception types/messages that mean "Python control flow depended on tensor data".
+_DATA_DEPENDENT_MARKERS = (
+    "DataDependent",
+    "data-dependent",
+    "data dependent",
+    "GuardOnDataDependentSymNode",
+    "Dynamic control flow",
+    "item()",
+    "aten._local_scalar_dense",
+    "is not supported with FakeTensor",
+)
+
+
+def aot_trace(
+    fn: Callable[..., Any], args: Sequence[Any], num_params_buffers: int
+) -> tuple[fx.GraphModule, fx.GraphModule | None, int, Any]:
+    """Trace ``fn(*args)`` with AOTAutograd into (forward, backward) fx GraphModules.
+
+    Uses ``functorch.compile.aot_function`` with no-op compilers and a partition function that
+    captures the default partition (the path torch.compile uses; exact gradients, see
+    TORCH-NOTES.md). Returns ``(fw_gm, bw_gm, num_fwd_outputs, eager_like_outputs)``; ``bw_gm`` is
+    None when nothing required grad. The partition runs during the first call.
+    """
+    from functorch.compile import aot_function, default_partition
+
+    captured: dict[str, Any] = {}
+
+    def partition(joint, joint_inputs, **kwargs):
+        fw, bw = default_partition(joint, joint_inputs, **kwargs)
+        captured["fw"], captured["bw"] = fw, bw
+        captured["num_fwd_outputs"] = kwargs.get("num_fwd_outputs")
+        return fw, bw
+
+    def fw_only(gm, _example_inputs):
+        captured.setdefault("fw_only", gm)
+        return gm
+
+    nop = lambda gm, _example_inputs: gm
+    compiled = aot_function(
+        fn,
+        fw_compiler=fw_only,
+        bw_compiler=nop,
+        partition_fn=partition,
+        num_params_buffers=num_params_buffers,
+    )
+    out = compiled(*args)
+    if "fw" not in captured:
+        return captured["fw_only"], None, -1, out
+    return captured["fw"], captured["bw"], captured["num_fwd_outputs"], out
+
+
+def is_data_dependent_error(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__}: {exc}"
+    return any(marker in text for marker in _DATA_DEPENDENT_MARKERS)
+
+
+def output_mask_index(target: Any) -> int | None:
+    """Index of the ``output_mask`` argument of a fused backward kernel, or None."""
+    schema = getattr(target, "_schema", None)
+    if schema is None:
+        return None
+    for i, arg in enumerate(schema.arguments):
+        if arg.name == "output_mask":
+            return i
+    return None
+
+
+def op_name(target: Any) -> str:
+    """Stable readable name of a call_function target: ``aten.mm``, ``aten.add.Tensor``."""
+    if isinstance(target, torch._ops.OpOverload):
+        packet = target.overloadpacket
+        ns = getattr(target, "namespace", "aten")
+        base = f"{ns}.{packet.__name__}"
+        overload = target._overloadname
+        return base if overload == "default" else f"{base}.{overload}"
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return f"aten.{target.__name__}"
+    mod = getattr(target, "__module__", "") or ""
+    name = getattr(target, "__name__", repr(target))
+    if mod in ("_operator", "operator"):
+        return f"operator.{name}"
+    return f"{mod}.{name}" if mod else name
+
+
+def op_base_name(target: Any) -> str:
+    """``mm`` for aten.mm.default, ``convolution_backward`` etc.; '' for non-aten targets."""
+    if isinstance(target, torch._ops.OpOverload):
+        return target.overloadpacket.__name__
+    return ""
+
+
+def fake_value(node: fx.Node) -> Any:
+    """The FakeTensor (or tuple of them / SymInt) recorded for a node by AOTAutograd."""
+    return node.meta.get("val", node.meta.get("tensor_meta"))

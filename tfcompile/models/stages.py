@@ -1,0 +1,139 @@
+"""Small example stages shared by tests, golden graphs, the demo and the benchmarks.
+
+``build_stage(name, dtype)`` returns a :class:`StageCase`: a module, example inputs (activations
+that need a gradient have ``requires_grad`` set), and for loss stages a loss function and target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tfcompile.models.convnext import ConvNeXtBlock
+from tfcompile.models.llama import Llama, LlamaBlock, LlamaConfig
+from tfcompile.models.mlp import MLP
+from tfcompile.models.vit import ViTBlock
+
+
+@dataclass
+class StageCase:
+    name: str
+    module: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    loss_fn: Callable | None = None
+    target: torch.Tensor | None = None
+    kwargs: dict = field(default_factory=dict)
+
+    def make_inputs(self, seed: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """Fresh inputs (and target) of the same shapes/dtypes, for another microbatch."""
+        g = torch.Generator().manual_seed(seed)
+        xs = []
+        for x in self.inputs:
+            if x.is_floating_point():
+                y = torch.randn(x.shape, generator=g, dtype=x.dtype)
+                xs.append(y.requires_grad_(x.requires_grad))
+            else:
+                xs.append(torch.randint(0, int(x.max()) + 1, x.shape, generator=g))
+        t = self.target
+        if t is not None:
+            t = torch.randint(0, int(t.max()) + 1, t.shape, generator=g)
+        return tuple(xs), t
+
+
+def lm_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.flatten(0, -2), target.flatten())
+
+
+class EmbedTiedHead(nn.Module):
+    """Embedding + one decoder block + tied LM head: a whole small LM as one stage."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layers))
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.output.weight = self.tok_embeddings.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        h = self.tok_embeddings(tokens)
+        for layer in self.layers:
+            h = layer(h)
+        return self.output(h)
+
+
+def llama_config(dim: int = 32, n_layers: int = 1, vocab: int = 64, **kw) -> LlamaConfig:
+    return LlamaConfig(vocab_size=vocab, dim=dim, n_layers=n_layers, n_heads=4, n_kv_heads=2, **kw)
+
+
+def build_stage(name: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> StageCase:
+    """Named example stages: mlp, llama_block, vit_block, convnext_block, embed_tied_head."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    if name == "mlp":
+        m = MLP(16, 32, 8, n_layers=2).to(dtype)
+        x = torch.randn(4, 16, generator=g, dtype=dtype).requires_grad_()
+        return StageCase(name, m, (x,))
+    if name == "llama_block":
+        m = LlamaBlock(llama_config()).to(dtype)
+        x = torch.randn(2, 8, 32, generator=g, dtype=dtype).requires_grad_()
+        return StageCase(name, m, (x,))
+    if name == "vit_block":
+        m = ViTBlock(dim=32, n_heads=4).to(dtype)
+        x = torch.randn(2, 17, 32, generator=g, dtype=dtype).requires_grad_()
+        return StageCase(name, m, (x,))
+    if name == "convnext_block":
+        m = ConvNeXtBlock(dim=16).to(dtype)
+        x = torch.randn(2, 16, 4, 4, generator=g, dtype=dtype).requires_grad_()
+        return StageCase(name, m, (x,))
+    if name == "embed_tied_head":
+        cfg = llama_config(n_layers=1)
+        m = EmbedTiedHead(cfg).to(dtype)
+        tokens = torch.randint(0, cfg.vocab_size, (2, 8), generator=g)
+        target = torch.randint(0, cfg.vocab_size, (2, 8), generator=g)
+        return StageCase(name, m, (tokens,), loss_fn=lm_loss, target=target)
+    raise ValueError(f"unknown stage case {name!r}")
+
+
+STAGE_NAMES = ("mlp", "llama_block", "vit_block", "convnext_block", "embed_tied_head")
+
+
+def split_llama(model: Llama, n_stages: int) -> list[nn.Module]:
+    """Cut a Llama into `n_stages` sequential stage modules at block boundaries."""
+    layers = list(model.layers)
+    per = [len(layers) // n_stages + (i < len(layers) % n_stages) for i in range(n_stages)]
+    stages: list[nn.Module] = []
+    start = 0
+    for i, k in enumerate(per):
+        blocks = layers[start : start + k]
+        start += k
+        stages.append(
+            _LlamaStage(
+                model.tok_embeddings if i == 0 else None,
+                blocks,
+                model.norm if i == n_stages - 1 else None,
+                model.output if i == n_stages - 1 else None,
+            )
+        )
+    return stages
+
+
+class _LlamaStage(nn.Module):
+    def __init__(self, emb, blocks, norm, output):
+        super().__init__()
+        self.tok_embeddings = emb
+        self.layers = nn.ModuleList(blocks)
+        self.norm = norm
+        self.output = output
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tok_embeddings is not None:
+            x = self.tok_embeddings(x)
+        for layer in self.layers:
+            x = layer(x)
+        if self.output is not None:
+            x = self.output(self.norm(x))
+        return x
