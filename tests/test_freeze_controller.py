@@ -36,8 +36,8 @@ class FakePipe:
     """Deterministic stand-in for Pipeline: parameters, grads, and measured times that
     depend on what the freezer froze in the measured window."""
 
-    def __init__(self, local: list[int] | None = None, seed: int = 0) -> None:
-        self.schedule = SimpleNamespace(
+    def __init__(self, local: list[int] | None = None, seed: int = 0, schedule: Any = None) -> None:
+        self.schedule = schedule or SimpleNamespace(
             num_stages=S,
             num_microbatches=M,
             stage_to_rank=list(range(S)),
@@ -451,3 +451,23 @@ def test_phase_before_first_step() -> None:
     assert Freezer(small(), FakePipe()).phase == "warmup"
     assert Freezer(small(warmup_steps=0), FakePipe()).phase == "monitor_wmax"
     assert math.isclose(sum(Freezer(small(), FakePipe()).actual_ratios.values()), 0.0)
+
+
+@pytest.mark.parametrize("name", ["1f1b", "gpipe", "zbh1"])
+def test_with_the_real_planner(name: str) -> None:
+    lp = pytest.importorskip("tfcompile.schedule.lp")
+    from tfcompile.schedule.generators import build
+
+    schedule = build(name, S, M)
+    pipe = FakePipe(schedule=schedule)
+    cap = 0.7
+    freezer = Freezer(small(max_freeze_ratio=cap, replan_every=4), pipe)
+    run(freezer, pipe, 30)  # plan at 13, steady from 19, re-measured at 23 and 27
+    plan = freezer.plan
+    assert isinstance(plan, lp.FreezePlan)
+    assert plan.makespan < plan.baseline_makespan
+    for s in range(S):
+        assert sum(plan.ratios.get((s, m), 0.0) for m in range(M)) / M <= cap + 1e-6
+    assert freezer.ratios == {k: pytest.approx(plan.ratios.get(k, 0.0)) for k in freezer.ratios}
+    frozen_stages = {s for (s, _m) in pipe.history[-1]}
+    assert frozen_stages <= {s for s in range(S) if plan.stage_average()[s] > 0}

@@ -89,20 +89,22 @@ class PlanRecord:
 
 def solve_plan(schedule: Any, profile: Mapping[str, Any], max_freeze_ratio: float) -> Any:
     """Run the planner's LP on a profile dict (indirection kept small for tests)."""
-    import tfcompile
+    from tfcompile.schedule.costs import CostProfile
+    from tfcompile.schedule.lp import plan_freeze
 
-    costs = tfcompile.CostProfile.from_dict(dict(profile))
-    return tfcompile.plan_freeze(schedule, costs, max_freeze_ratio=max_freeze_ratio)
+    costs = CostProfile.from_dict(dict(profile))
+    return plan_freeze(schedule, costs, max_freeze_ratio=max_freeze_ratio)
 
 
 def predict_makespan(
     schedule: Any, profile: Mapping[str, Any], ratios: Mapping[ActionKey, float]
 ) -> float:
     """Step time the planner's simulator predicts for ``ratios`` under ``profile``."""
-    import tfcompile
+    from tfcompile.schedule.costs import CostProfile
+    from tfcompile.schedule.simulate import simulate
 
-    costs = tfcompile.CostProfile.from_dict(dict(profile))
-    return float(tfcompile.simulate(schedule, costs, ratios=dict(ratios)).makespan)
+    costs = CostProfile.from_dict(dict(profile))
+    return float(simulate(schedule, costs, ratios=dict(ratios)).makespan)
 
 
 @dataclass
