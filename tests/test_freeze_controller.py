@@ -248,6 +248,17 @@ def test_rescale_divides_by_contributing_microbatches() -> None:
     assert torch.equal(grads["rescale"]["s0.g2.w"], torch.full((5,), 2.0))  # all M contributed
 
 
+def test_rescale_uses_the_mapping_the_step_really_used() -> None:
+    pipe = FakePipe()
+    freezer = Freezer(FreezeConfig(policy="none", grad="rescale"), pipe)
+    assert freezer.before_step() == {}
+    pipe.params["s1.g3.w"].grad = torch.ones(5)
+    override = {(1, m): {"g3"} for m in range(2)}  # the caller froze g3 in 2 of 4 microbatches
+    freezer.after_step(0.1, None, frozen=override)
+    assert torch.equal(pipe.params["s1.g3.w"].grad, torch.full((5,), 2.0))
+    assert freezer.actual_ratios[1] == pytest.approx(0.5 * 4 / 10)
+
+
 def test_replan_only_when_drifted_and_adopted_only_when_faster(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -235,11 +235,20 @@ class Freezer:
         self._frozen = self._decide(step)
         return dict(self._frozen)
 
-    def after_step(self, step_time: float, loss: float | None = None) -> None:
+    def after_step(
+        self,
+        step_time: float,
+        loss: float | None = None,
+        frozen: Mapping[ActionKey, frozenset[str]] | None = None,
+    ) -> None:
         """Record the step; apply the grad semantics to the parameters' ``.grad``.
 
         Called after gradients are on the parameters and before the optimizer step.
+        ``frozen`` is what the step really froze when the caller overrode
+        :meth:`before_step`'s answer (default: that answer).
         """
+        if frozen is not None:
+            self._frozen = {k: frozenset(v) for k, v in frozen.items()}
         self._counters.step_time = float(step_time)
         self._counters.loss = None if loss is None else float(loss)
         contributing = self._contributing_microbatches()
