@@ -15,6 +15,7 @@ others raises TraceError (trace one program per shape).
 from __future__ import annotations
 
 import inspect
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -131,13 +132,16 @@ class StageProgram:
 
     See docs/interfaces.md for the contract. Attributes: ``module``, ``groups``,
     ``group_order``, ``region_flops``, ``input_flops``, ``forward_flops``, ``is_loss_stage``,
-    ``region_calls``; ``fw_graph``, ``bw_graph`` (raw traced graphs) and ``split`` (the
+    ``region_calls``, ``last_times`` (seconds of the last backward_input and of each region);
+    ``fw_graph``, ``bw_graph`` (raw traced graphs) and ``split`` (the
     :class:`~tfcompile.passes.SplitBackward`) for inspection.
     """
 
     def __init__(self, **kw: Any):
         self.__dict__.update(kw)
         self.region_calls: Counter[str] = Counter()
+        # wall seconds of the last backward_input ("input") and of each region that last ran
+        self.last_times: dict[str, float] = {}
         self._state: dict[int, dict[str, Any]] = {}
 
     # -- helpers
@@ -208,8 +212,10 @@ class StageProgram:
         unfrozen = [g for g in self.group_order if g not in frozen]
         k = self.group_order.index(unfrozen[0]) if unfrozen else len(self.group_order)
         region = self.split.input_variant(k)
+        t0 = time.perf_counter()
         with torch.no_grad():
             outs = region.gm(*[env[n] for n in region.inputs])
+        self.last_times = {INPUT: time.perf_counter() - t0}
         n_in = len(self.split.input_grads)
         env.update(zip(region.outputs[n_in:], outs[n_in:]))
         # keep only what the unfrozen regions read
@@ -242,6 +248,7 @@ class StageProgram:
             with torch.no_grad():
                 for g in todo:
                     region = self.split.regions[g]
+                    t0 = time.perf_counter()
                     outs = region.gm(*[env[n] for n in region.inputs])
                     self.region_calls[g] += 1
                     for n in region.inputs:
@@ -250,6 +257,7 @@ class StageProgram:
                             env.pop(n, None)
                     for pname, grad in zip(self._region_params[g], outs):
                         _accumulate(self._params[pname], grad)
+                    self.last_times[g] = time.perf_counter() - t0
         finally:
             del self._state[mb]
 

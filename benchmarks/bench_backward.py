@@ -1,0 +1,281 @@
+"""Backward time of a traced LLaMA-style stage vs eager autograd, with 0-100% of groups frozen.
+
+Stage: 4 LlamaBlocks (a middle pipeline stage: its input is an activation that needs a
+gradient), float32 on CPU. Rows: eager backward; ours with nothing frozen; ours with the groups
+frozen whose FLOP share reaches 25/50/75/100%. For every row: median backward time (forward
+excluded), ratio to eager, time saved vs ours-unfrozen, the frozen regions' measured share of the
+backward ("expected" saving) and saved/expected. Peak memory of one forward+backward is measured
+with the torch profiler's allocation events (bytes above the level before the forward).
+A second table does the same for a first stage (token embedding + blocks, integer inputs), where
+freezing front-to-back also truncates the backward at the earliest unfrozen group.
+
+Prints tables and writes JSON to benchmarks/results/bench_backward.json. Never asserts on time.
+Usage: python benchmarks/bench_backward.py [--dim 512] [--reps 15] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import tfcompile
+from tfcompile.cost import format_flops
+from tfcompile.models.llama import LlamaBlock, LlamaConfig
+from tfcompile.models.stages import lm_loss
+
+
+class Blocks(nn.Module):
+    def __init__(self, cfg: LlamaConfig, n: int, embed: bool = False):
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim) if embed else None
+        self.layers = nn.ModuleList(LlamaBlock(cfg) for _ in range(n))
+
+    def forward(self, x):
+        if self.tok_embeddings is not None:
+            x = self.tok_embeddings(x)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def _median_ms(fn, reps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        ts.append(fn())
+    return 1e3 * statistics.median(ts)
+
+
+def _peak_bytes(fn) -> int:
+    """Peak bytes allocated above the starting level while fn runs (CPU allocator events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # allocations are attributed to the op that made them (self memory); frees outside any op
+    # show up as "[memory]" events
+    events = []
+    for e in prof.events():
+        d = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        if d:
+            events.append((e.time_range.start, d))
+    events.sort()
+    cur = peak = 0
+    for _, d in events:
+        cur += d
+        peak = max(peak, cur)
+    return peak
+
+
+def freeze_sets(prog, fractions):
+    """Groups frozen for each target FLOP fraction: whole groups, back to front in forward order
+    for a middle stage would do as well; we freeze front-to-back (the order that also truncates a
+    first stage's backward), taking groups until their FLOP share reaches the target."""
+    total = sum(prog.region_flops.values())
+    out = {}
+    for f in fractions:
+        chosen, acc = [], 0
+        for g in prog.group_order:
+            if acc >= f * total - 1e-9 * total:
+                break
+            chosen.append(g)
+            acc += prog.region_flops[g]
+        out[f] = (frozenset(chosen), acc / total)
+    return out
+
+
+def run_stage(module, x, target_fn, reps, label, loss=False):
+    module.train()
+    params = list(module.parameters())
+    needs_grad = x.is_floating_point()
+    x_ex = x.detach().requires_grad_(needs_grad)
+    kw = {}
+    if loss:
+        target = target_fn()
+        kw = dict(loss_fn=lm_loss, example_target=target)
+    t0 = time.perf_counter()
+    prog = tfcompile.trace_stage(module, (x_ex,), **kw)
+    trace_s = time.perf_counter() - t0
+    out_shape = None
+    with torch.no_grad():
+        out_shape = module(x).shape
+    gout = torch.randn(out_shape)
+    tgt = kw.get("example_target")
+
+    def eager_once():
+        for p in params:
+            p.grad = None
+        xi = x.detach().requires_grad_(needs_grad)
+        out = module(xi)
+        if loss:
+            out = lm_loss(out, tgt)
+        t = time.perf_counter()
+        if loss:
+            out.backward()
+        else:
+            out.backward(gout)
+        return time.perf_counter() - t
+
+    def ours_once(frozen=frozenset()):
+        for p in params:
+            p.grad = None
+        prog.forward(0, x, target=tgt)
+        t = time.perf_counter()
+        if loss:
+            prog.backward(0, frozen=frozen)
+        else:
+            prog.backward(0, gout, frozen=frozen)
+        return time.perf_counter() - t
+
+    fractions = [0.25, 0.5, 0.75, 1.0]
+    sets = freeze_sets(prog, fractions)
+    # interleave measurements so machine noise hits every configuration alike
+    configs = {"eager": eager_once, "ours": ours_once}
+    for f in fractions:
+        configs[f"ours_{int(f * 100)}"] = lambda fr=sets[f][0]: ours_once(fr)
+    samples = {k: [] for k in configs}
+    for fn in configs.values():
+        fn()
+        fn()
+    region_ms = {g: [] for g in prog.group_order}
+    for _ in range(reps):
+        for k, fn in configs.items():
+            samples[k].append(fn())
+            if k == "ours":  # per-region times of the unfrozen backward just measured
+                for g in prog.group_order:
+                    region_ms[g].append(1e3 * prog.last_times[g])
+    med = {k: 1e3 * statistics.median(v) for k, v in samples.items()}
+    region_med = {g: statistics.median(v) for g, v in region_ms.items()}
+
+    # memory: one forward + backward each
+    def eager_fb():
+        for p in params:
+            p.grad = None
+        out = module(x.detach().requires_grad_(needs_grad))
+        if loss:
+            lm_loss(out, tgt).backward()
+        else:
+            out.backward(gout)
+
+    def ours_fb():
+        for p in params:
+            p.grad = None
+        prog.forward(0, x, target=tgt)
+        prog.backward(0, *(() if loss else (gout,)))
+
+    mem = {"eager": _peak_bytes(eager_fb), "ours": _peak_bytes(ours_fb)}
+
+    rows = []
+    base = med["ours"]
+    for k in ["eager", "ours"] + [f"ours_{int(f * 100)}" for f in fractions]:
+        row = {"config": k, "median_ms": med[k], "vs_eager": med[k] / med["eager"]}
+        if k.startswith("ours_"):
+            f = int(k.split("_")[1]) / 100
+            frozen, flop_frac = sets[f]
+            expected = sum(region_med[g] for g in frozen)
+            saved = base - med[k]
+            row.update(
+                frozen=sorted(frozen),
+                frozen_flop_fraction=flop_frac,
+                saved_ms=saved,
+                saved_fraction_of_backward=saved / base,
+                frozen_regions_ms=expected,
+                frozen_regions_share=expected / base,
+                saved_over_expected=saved / expected if expected else float("nan"),
+            )
+        rows.append(row)
+
+    print(f"\n== {label}: groups {prog.group_order} (trace {trace_s:.1f} s)")
+    print(
+        "   region FLOPs: "
+        + ", ".join(f"{g}={format_flops(v)}" for g, v in prog.region_flops.items())
+    )
+    print(
+        f"   backward_input FLOPs {format_flops(prog.input_flops)}; region medians (ms): "
+        + ", ".join(f"{g}={v:.1f}" for g, v in region_med.items())
+    )
+    print(
+        f"{'config':10s} {'median ms':>10s} {'/eager':>7s} {'frozen FLOP':>11s} "
+        f"{'saved':>7s} {'regions share':>13s} {'saved/expected':>14s}"
+    )
+    for r in rows:
+        extra = ""
+        if "saved_ms" in r:
+            extra = (
+                f" {r['frozen_flop_fraction']:>11.0%} {r['saved_fraction_of_backward']:>7.1%}"
+                f" {r['frozen_regions_share']:>13.1%} {r['saved_over_expected']:>14.2f}"
+            )
+        print(f"{r['config']:10s} {r['median_ms']:>10.1f} {r['vs_eager']:>7.3f}{extra}")
+    print(
+        f"peak memory of forward+backward: eager {mem['eager'] / 2**20:.1f} MiB, "
+        f"ours {mem['ours'] / 2**20:.1f} MiB (ratio {mem['ours'] / max(mem['eager'], 1):.3f})"
+    )
+    return {
+        "label": label,
+        "groups": prog.group_order,
+        "region_flops": {g: int(v) for g, v in prog.region_flops.items()},
+        "region_ms": region_med,
+        "rows": rows,
+        "peak_bytes": mem,
+        "trace_s": trace_s,
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
+    ap.add_argument("--quick", action="store_true", help="small sizes, few reps (smoke run)")
+    ap.add_argument("--out", default="benchmarks/results/bench_backward.json")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.dim, args.seq, args.reps, args.batch = 128, 32, 5, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=1024,
+        dim=args.dim,
+        n_layers=args.blocks,
+        n_heads=8,
+        n_kv_heads=4,
+        max_seq_len=max(128, args.seq),
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, dim {args.dim}, "
+        f"{args.blocks} blocks, batch {args.batch} x seq {args.seq}, float32, {args.reps} reps"
+    )
+    results = {"config": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    x = torch.randn(args.batch, args.seq, args.dim)
+    results["middle_stage"] = run_stage(
+        Blocks(cfg, args.blocks), x, None, args.reps, "middle stage (activation input)"
+    )
+    tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
+    results["first_stage"] = run_stage(
+        Blocks(cfg, args.blocks, embed=True),
+        tokens,
+        None,
+        args.reps,
+        "first stage (token ids: frozen prefix truncates the backward)",
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    main()
