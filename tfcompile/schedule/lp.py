@@ -1,0 +1,516 @@
+"""Freeze planning LP (HiGHS through highspy).
+
+Given a schedule and a cost profile, choose a freeze ratio ``r[s, m]`` in [0, 1] for every
+freezable action (B on full-backward schedules, W on split ones) so that the step's makespan
+is minimal, then - with the makespan held within a small tolerance - so that the
+cost-weighted freezing ``sum W[s, m] r[s, m]`` is minimal. Constraints: each stage's average
+ratio is at most ``max_freeze_ratio``; optionally the frozen share of all W work is at most
+``budget``.
+
+Formulation (longest-path LP, built sparse and directly as a column-wise matrix):
+
+- Program-order chains are collapsed. A node whose only timing predecessor is its program
+  predecessor starts exactly when that one ends (ASAP times are optimal for every choice of
+  ratios), so its start is an affine expression of the last *anchor* before it on its rank
+  (a node with a cross-rank predecessor, or a rank's first node). Only anchors get a start
+  variable; a constraint row links an anchor to the end of each of its predecessors, with
+  the ratio terms of the chain segment in between. Same-rank data edges are implied by
+  program order and dropped (transitive reduction).
+- Rows that can never bind are dropped. With every ratio at 1 (the least possible work), the
+  makespan ``T_lb`` is a lower bound of the optimum; a path through an edge that is shorter
+  than ``T_lb`` even with nothing frozen can never be critical, so the edge's row is left out.
+  The plan is always re-checked by simulating the full DAG with the chosen ratios.
+- The two lexicographic solves share one HiGHS instance: the second changes the objective and
+  the makespan column's upper bound in place and restarts from the first solve's basis.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tfcompile.errors import PlanError
+from tfcompile.schedule.actions import Schedule
+from tfcompile.schedule.costs import as_profile
+from tfcompile.schedule.dag import ScheduleDAG
+from tfcompile.schedule.simulate import Timeline, longest_path, timeline_from_arrays
+
+
+@dataclass
+class FreezePlan:
+    """Result of :func:`plan_freeze`."""
+
+    schedule: Schedule
+    ratios: dict[tuple[int, int], float]
+    makespan: float
+    baseline_makespan: float
+    status: str
+    solve_seconds: float
+    build_seconds: float = 0.0
+    max_freeze_ratio: float = 0.9
+    budget: float | None = None
+    lp_makespan: float = math.nan
+    min_makespan: float = math.nan
+    num_rows: int = 0
+    num_cols: int = 0
+    unit: str = "ms"
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def gain(self) -> float:
+        """Relative makespan reduction, ``1 - makespan / baseline_makespan``."""
+        return 1.0 - self.makespan / self.baseline_makespan if self.baseline_makespan else 0.0
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline_makespan / self.makespan if self.makespan else 1.0
+
+    def ratio(self, stage: int, microbatch: int) -> float:
+        return self.ratios.get((stage, microbatch), 0.0)
+
+    def stage_average(self) -> list[float]:
+        """Average ratio per stage (over its microbatches)."""
+        p, m = self.schedule.num_stages, self.schedule.num_microbatches
+        sums = [0.0] * p
+        for (s, _), r in self.ratios.items():
+            sums[s] += r
+        return [x / m for x in sums]
+
+    def matrix(self) -> list[list[float]]:
+        """Ratios as ``[stage][microbatch]``."""
+        p, m = self.schedule.num_stages, self.schedule.num_microbatches
+        out = [[0.0] * m for _ in range(p)]
+        for (s, mb), r in self.ratios.items():
+            out[s][mb] = r
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schedule": self.schedule.name,
+            "stages": self.schedule.num_stages,
+            "microbatches": self.schedule.num_microbatches,
+            "ranks": self.schedule.num_ranks,
+            "max_freeze_ratio": self.max_freeze_ratio,
+            "budget": self.budget,
+            "unit": self.unit,
+            "makespan": self.makespan,
+            "baseline_makespan": self.baseline_makespan,
+            "min_makespan_all_frozen": self.min_makespan,
+            "gain": self.gain,
+            "status": self.status,
+            "solve_seconds": self.solve_seconds,
+            "build_seconds": self.build_seconds,
+            "lp_rows": self.num_rows,
+            "lp_cols": self.num_cols,
+            "stage_average": self.stage_average(),
+            "ratios": self.matrix(),
+            "stats": self.stats,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    def summary(self) -> str:
+        u = self.unit
+        lines = [
+            f"schedule {self.schedule.name}: {self.schedule.num_stages} stages, "
+            f"{self.schedule.num_microbatches} microbatches, {self.schedule.num_ranks} ranks",
+            f"makespan   before {self.baseline_makespan:10.4g} {u}   after {self.makespan:10.4g}"
+            f" {u}   gain {100 * self.gain:5.1f}%   (all frozen: {self.min_makespan:.4g} {u})",
+            f"solver     {self.status}, build {self.build_seconds * 1e3:.1f} ms, "
+            f"solve {self.solve_seconds * 1e3:.1f} ms, LP {self.num_rows} rows x "
+            f"{self.num_cols} cols",
+            "stage  avg ratio  frozen microbatches",
+        ]
+        for s, avg in enumerate(self.stage_average()):
+            n_frozen = sum(1 for (st, _), r in self.ratios.items() if st == s and r > 1e-9)
+            lines.append(f"{s:5d}  {avg:9.3f}  {n_frozen:5d}/{self.schedule.num_microbatches}")
+        return "\n".join(lines)
+
+
+def _check_args(max_freeze_ratio: float, budget: float | None) -> None:
+    for label, val in (("max_freeze_ratio", max_freeze_ratio), ("budget", budget)):
+        if val is None and label == "budget":
+            continue
+        if not isinstance(val, (int, float)) or not (0.0 <= float(val) <= 1.0):
+            raise PlanError(f"{label} must be a number in [0, 1], got {val!r}")
+
+
+def _csc(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, ncol: int):
+    order = np.lexsort((rows, cols))
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    start = np.zeros(ncol + 1, dtype=np.int32)
+    np.cumsum(np.bincount(cols, minlength=ncol), out=start[1:])
+    return start, rows.astype(np.int32), vals.astype(np.float64)
+
+
+def _segments(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate ranges [lo_k, hi_k); return (row id of each element, element)."""
+    lens = np.maximum(hi - lo, 0)
+    total = int(lens.sum())
+    row = np.repeat(np.arange(len(lo)), lens)
+    if total == 0:
+        return row, np.zeros(0, dtype=np.int64)
+    offs = np.cumsum(lens) - lens
+    elem = np.arange(total) - np.repeat(offs, lens) + np.repeat(lo, lens)
+    return row, elem
+
+
+class _Model:
+    """The reduced LP of one (dag, costs) pair; see the module docstring.
+
+    Columns: ``[anchor starts | ratios of freezable actions | T]``. Rows: one per timing edge
+    into an anchor (program or cross-rank), one per sink, then the stage caps and the budget.
+    The edge rows are kept as COO arrays so that a subset can be passed to HiGHS and the rest
+    checked against a solution (row generation).
+    """
+
+    def __init__(
+        self,
+        dag: ScheduleDAG,
+        base: np.ndarray,
+        wpart: np.ndarray,
+        comm: float,
+        cap: float,
+        budget: float | None,
+        prune_below: float | None,
+    ) -> None:
+        n = dag.num_nodes
+        pp, dp = dag.prog_pred, dag.data_pred
+        fz = dag.freezable & (wpart > 0)
+        self.fz_nodes = np.flatnonzero(fz)
+        nfz = len(self.fz_nodes)
+        # anchors: rank-first nodes and nodes with a cross-rank predecessor
+        is_anchor = (pp < 0) | (dp >= 0)
+        anchors = np.flatnonzero(is_anchor)
+        anchor_col = np.full(n, -1, dtype=np.int64)
+        anchor_col[anchors] = np.arange(len(anchors))
+        # node index == position in the rank-major program listing, so the anchor of v is the
+        # last anchor index <= v
+        anchor_of = np.maximum.accumulate(np.where(is_anchor, np.arange(n), -1))
+        cum_a = np.concatenate([[0.0], np.cumsum(base)])
+        cum_f = np.concatenate([[0], np.cumsum(fz)])
+        e_prog_v = anchors[pp[anchors] >= 0]
+        e_prog_u = pp[e_prog_v]
+        e_data_v = np.flatnonzero(dp >= 0)
+        e_data_u = dp[e_data_v]
+        sinks = dag.sinks
+        u_all = np.concatenate([e_prog_u, e_data_u, sinks])
+        v_all = np.concatenate([e_prog_v, e_data_v, np.full(len(sinks), -1)])
+        c_all = np.concatenate(
+            [np.zeros(len(e_prog_u)), np.full(len(e_data_u), comm), np.zeros(len(sinks))]
+        )
+        self.num_edges_total = len(u_all)
+        if prune_below is not None and len(u_all):
+            # longest path through each edge with nothing frozen
+            _, end0 = longest_path(dag, base, comm)
+            tail0 = _tails(dag, base, comm)  # longest path from a node's start to the end
+            through = end0[u_all] + c_all + np.where(v_all >= 0, tail0[np.maximum(v_all, 0)], 0)
+            keep = through >= prune_below
+            u_all, v_all, c_all = u_all[keep], v_all[keep], c_all[keep]
+        self.u, self.v, self.c = u_all, v_all, c_all
+        m_rows = len(u_all)
+        a_u = anchor_of[u_all]
+        self.rhs = cum_a[u_all + 1] - cum_a[a_u] + c_all
+        n_anc = len(anchors)
+        col_T = n_anc + nfz
+        self.ncol, self.col_T, self.n_anc = col_T + 1, col_T, n_anc
+        r_ids = np.arange(m_rows)
+        seg_row, seg_k = _segments(cum_f[a_u], cum_f[u_all + 1])
+        self.e_row = np.concatenate([r_ids, r_ids, seg_row])
+        self.e_col = np.concatenate(
+            [
+                np.where(v_all >= 0, anchor_col[np.maximum(v_all, 0)], col_T),
+                anchor_col[a_u],
+                n_anc + seg_k,
+            ]
+        )
+        self.e_val = np.concatenate(
+            [np.ones(m_rows), -np.ones(m_rows), wpart[self.fz_nodes[seg_k]]]
+        )
+        self.num_edge_rows = m_rows
+        # side rows: stage caps (sum_m r[s, m] <= cap * count_s) and the budget
+        side_row, side_col, side_val, side_up = [], [], [], []
+        stage_of = dag.stage[self.fz_nodes]
+        stages = np.unique(stage_of)
+        if len(stages) and cap < 1.0:
+            counts = np.bincount(dag.stage[dag.freezable], minlength=dag.schedule.num_stages)
+            side_row.append(np.searchsorted(stages, stage_of))
+            side_col.append(n_anc + np.arange(nfz))
+            side_val.append(np.ones(nfz))
+            side_up.append(cap * counts[stages].astype(np.float64))
+        if budget is not None and nfz and budget < 1.0:
+            k = sum(len(x) for x in side_up)
+            side_row.append(np.full(nfz, k))
+            side_col.append(n_anc + np.arange(nfz))
+            side_val.append(wpart[self.fz_nodes])
+            side_up.append(np.array([budget * float(np.sum(wpart[dag.freezable]))]))
+        cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
+        self.s_row, self.s_col = cat(side_row, np.int64), cat(side_col, np.int64)
+        self.s_val, self.s_up = cat(side_val, np.float64), cat(side_up, np.float64)
+        self.col_lower = np.zeros(self.ncol)
+        self.col_upper = np.concatenate([np.full(n_anc, np.inf), np.ones(nfz), [np.inf]])
+        self.wpart_fz = wpart[self.fz_nodes]
+        self.anchors = anchors
+        self.nrow = 0
+
+    def row_activity(self, x: np.ndarray) -> np.ndarray:
+        """Activity of every edge row at column values ``x``."""
+        return np.bincount(
+            self.e_row, weights=self.e_val * x[self.e_col], minlength=self.num_edge_rows
+        )
+
+    def _rows_csr(self, rows: np.ndarray):
+        """Row-wise (start, index, value) of the edge rows ``rows`` (sorted ids)."""
+        sel_pos = np.full(self.num_edge_rows, -1, dtype=np.int64)
+        sel_pos[rows] = np.arange(len(rows))
+        keep = sel_pos[self.e_row] >= 0
+        r, c, v = sel_pos[self.e_row[keep]], self.e_col[keep], self.e_val[keep]
+        order = np.argsort(r, kind="stable")
+        start = np.zeros(len(rows) + 1, dtype=np.int32)
+        np.cumsum(np.bincount(r, minlength=len(rows)), out=start[1:])
+        return start[:-1], c[order].astype(np.int32), v[order]
+
+    def highs(self, rows: np.ndarray, eps_t: float):
+        """A HiGHS instance holding the edge rows ``rows`` plus all side rows."""
+        import highspy
+
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        n_side = len(self.s_up)
+        row_map = np.full(self.num_edge_rows, -1, dtype=np.int64)
+        row_map[rows] = np.arange(len(rows))
+        keep = row_map[self.e_row] >= 0
+        all_r = np.concatenate([row_map[self.e_row[keep]], len(rows) + self.s_row])
+        all_c = np.concatenate([self.e_col[keep], self.s_col])
+        all_v = np.concatenate([self.e_val[keep], self.s_val])
+        start, index, value = _csc(all_r, all_c, all_v, self.ncol)
+        nrow = len(rows) + n_side
+        lp = highspy.HighsLp()
+        lp.num_col_ = self.ncol
+        lp.num_row_ = nrow
+        cost = np.zeros(self.ncol)
+        cost[: self.n_anc] = eps_t  # pins anchor starts to ASAP: far fewer degenerate pivots
+        cost[self.col_T] = 1.0
+        lp.col_cost_ = cost
+        lp.col_lower_ = self.col_lower
+        lp.col_upper_ = self.col_upper
+        lp.row_lower_ = np.concatenate([self.rhs[rows], np.full(n_side, -np.inf)])
+        lp.row_upper_ = np.concatenate([np.full(len(rows), np.inf), self.s_up])
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = start
+        lp.a_matrix_.index_ = index
+        lp.a_matrix_.value_ = value
+        lp.a_matrix_.num_col_ = self.ncol
+        lp.a_matrix_.num_row_ = nrow
+        h.passModel(lp)
+        self.nrow = nrow
+        return h
+
+    def add_rows(self, h, rows: np.ndarray) -> None:
+        start, index, value = self._rows_csr(rows)
+        h.addRows(
+            len(rows),
+            self.rhs[rows],
+            np.full(len(rows), np.inf),
+            len(index),
+            start,
+            index,
+            value,
+        )
+        self.nrow += len(rows)
+
+
+def _tails(dag: ScheduleDAG, dur: np.ndarray, comm: float) -> np.ndarray:
+    """Longest path from each node's start to the end of the step."""
+    n = dag.num_nodes
+    tail = dur.tolist()
+    d = dur.tolist()
+    pp = dag.prog_pred.tolist()
+    dp = dag.data_pred.tolist()
+    for v in dag.topo[::-1].tolist():
+        tv = tail[v]
+        u = pp[v]
+        if u >= 0 and d[u] + tv > tail[u]:
+            tail[u] = d[u] + tv
+        u = dp[v]
+        if u >= 0 and d[u] + comm + tv > tail[u]:
+            tail[u] = d[u] + comm + tv
+    del n
+    return np.array(tail)
+
+
+def _initial_rows(
+    dag: ScheduleDAG,
+    model: _Model,
+    base: np.ndarray,
+    wpart: np.ndarray,
+    comm: float,
+    cap: float,
+) -> np.ndarray:
+    """Edge rows to start row generation with: every sink row, plus the edges that are tight
+    in the ASAP schedule with nothing frozen and with every ratio at the cap (a guess of the
+    optimum). Other rows are added only when a solution violates them."""
+    keep = model.v < 0
+    for r in (0.0, cap):
+        start, end = longest_path(dag, base - wpart * r, comm)
+        sv = start[np.maximum(model.v, 0)]
+        gap = sv - (end[model.u] + model.c)
+        keep |= (model.v >= 0) & (gap <= 1e-9 * max(1.0, float(end.max())))
+    return np.flatnonzero(keep)
+
+
+def _status(h) -> str:
+    return h.modelStatusToString(h.getModelStatus())
+
+
+def plan_freeze(
+    schedule: Schedule | ScheduleDAG,
+    costs: Any,
+    max_freeze_ratio: float = 0.9,
+    budget: float | None = None,
+    *,
+    tolerance: float = 1e-6,
+    prune: bool = True,
+    row_generation: bool = True,
+) -> FreezePlan:
+    """Plan per-(stage, microbatch) freeze ratios that minimise the step's makespan.
+
+    ``max_freeze_ratio`` caps each stage's average ratio; ``budget`` (optional) caps the
+    frozen share of all weight-gradient work. ``tolerance`` is the relative slack on the
+    minimal makespan allowed in the second (least-freezing) solve. Raises
+    :class:`~tfcompile.errors.PlanError` when the LP cannot be solved to optimality.
+    """
+    _check_args(max_freeze_ratio, budget)
+    t0 = time.perf_counter()
+    dag = schedule if isinstance(schedule, ScheduleDAG) else ScheduleDAG(schedule)
+    sched = dag.schedule
+    prof = as_profile(costs)
+    base, wpart, comm = dag.bind(prof)
+    s0, e0 = longest_path(dag, base, comm)
+    baseline = float(e0.max())
+    cap = float(max_freeze_ratio)
+    stats: dict[str, Any] = {}
+    if cap == 0.0 or budget == 0.0 or not np.any(dag.freezable & (wpart > 0)):
+        return FreezePlan(
+            sched, {}, baseline, baseline, "Optimal (nothing to freeze)", 0.0,
+            time.perf_counter() - t0, cap, budget, baseline, baseline, unit=prof.unit,
+        )  # fmt: skip
+    _, e1 = longest_path(dag, base - wpart, comm)
+    t_lb = float(e1.max())
+    prune_below = t_lb * (1 - 1e-9) - 1e-12 if prune else None
+    model = _Model(dag, base, wpart, comm, cap, budget, prune_below)
+    stats["edge_rows"] = int(model.num_edge_rows)
+    if row_generation:
+        rows = _initial_rows(dag, model, base, wpart, comm, cap)
+    else:
+        rows = np.arange(model.num_edge_rows)
+    in_model = np.zeros(model.num_edge_rows, dtype=bool)
+    in_model[rows] = True
+    eps_t = 0.5 / max(1, model.n_anc)
+    h = model.highs(rows, eps_t)
+    t_build = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    feas_tol = 1e-7 * max(1.0, baseline)
+
+    def solve(what: str) -> np.ndarray:
+        rounds = 0
+        while True:
+            h.run()
+            if h.getModelStatus() != _optimal():
+                raise PlanError(
+                    f"freeze LP ({what}) not solved: HiGHS status {_status(h)!r}; no plan returned"
+                )
+            x = np.asarray(h.getSolution().col_value)
+            rounds += 1
+            if in_model.all():
+                break
+            viol = (model.row_activity(x) < model.rhs - feas_tol) & ~in_model
+            if not viol.any():
+                break
+            new_rows = np.flatnonzero(viol)
+            model.add_rows(h, new_rows)
+            in_model[new_rows] = True
+        stats[f"{what}_rounds"] = rounds
+        stats[f"{what}_iterations"] = int(h.getInfo().simplex_iteration_count)
+        return x
+
+    # -- solve 1: minimal makespan (plus eps * sum of anchor starts, which pins them ASAP) --
+    x = solve("makespan")
+    t_star = float(x[model.col_T])
+    # -- solve 2: least cost-weighted freezing with the makespan held; same instance, so
+    # HiGHS restarts from the first solve's basis -----------------------------------------
+    bound = t_star * (1 + tolerance) + 1e-12
+    h.changeColBounds(model.col_T, 0.0, bound)
+    nfz = len(model.fz_nodes)
+    cost_idx = np.concatenate([[model.col_T], model.n_anc + np.arange(nfz)]).astype(np.int32)
+    cost_val = np.concatenate([[0.0], model.wpart_fz])
+    h.changeColsCost(len(cost_idx), cost_idx, cost_val)
+    sol = solve("freezing")
+    stats["rows_used"] = int(in_model.sum())
+    st2 = _status(h)
+    t_solve = time.perf_counter() - t1
+    r_fz = np.clip(sol[model.n_anc : model.n_anc + len(model.fz_nodes)], 0.0, 1.0)
+    r_fz[r_fz < 1e-9] = 0.0
+    r_fz[r_fz > 1 - 1e-9] = 1.0
+    r = np.zeros(dag.num_nodes)
+    r[model.fz_nodes] = r_fz
+    tl = timeline_from_arrays(dag, base - wpart * r, r, comm, prof.unit)
+    if tl.makespan > bound * (1 + 1e-7) + 1e-9:
+        raise PlanError(
+            f"internal error: the planned ratios simulate to makespan {tl.makespan:.9g} but the "
+            f"LP promised {bound:.9g}; please report this with the schedule and profile"
+        )
+    ratios = {
+        (int(dag.stage[v]), int(dag.microbatch[v])): float(x)
+        for v, x in zip(model.fz_nodes.tolist(), r_fz.tolist())
+        if x > 0
+    }
+    stats["pruned_edges"] = int(model.num_edges_total - model.num_edge_rows)
+    plan = FreezePlan(
+        schedule=sched,
+        ratios=ratios,
+        makespan=tl.makespan,
+        baseline_makespan=baseline,
+        status=st2,
+        solve_seconds=t_solve,
+        build_seconds=t_build,
+        max_freeze_ratio=cap,
+        budget=budget,
+        lp_makespan=t_star,
+        min_makespan=t_lb,
+        num_rows=model.nrow,
+        num_cols=model.ncol,
+        unit=prof.unit,
+        stats=stats,
+    )
+    plan._timeline = tl  # type: ignore[attr-defined]
+    return plan
+
+
+def _optimal():
+    import highspy
+
+    return highspy.HighsModelStatus.kOptimal
+
+
+def timeline_of(plan: FreezePlan, costs: Any) -> Timeline:
+    """Simulated timeline of a plan (cached when the plan was just computed)."""
+    tl = getattr(plan, "_timeline", None)
+    if tl is not None:
+        return tl
+    from tfcompile.schedule.simulate import simulate
+
+    return simulate(plan.schedule, costs, plan.ratios)
+
+
+def ratios_from_mapping(ratios: Mapping[Any, float]) -> dict[tuple[int, int], float]:
+    return {(int(k[0]), int(k[1])): float(v) for k, v in ratios.items()}
