@@ -20,8 +20,12 @@ Formulation (longest-path LP, built sparse and directly as a column-wise matrix)
   makespan ``T_lb`` is a lower bound of the optimum; a path through an edge that is shorter
   than ``T_lb`` even with nothing frozen can never be critical, so the edge's row is left out.
   The plan is always re-checked by simulating the full DAG with the chosen ratios.
+- The first solve minimises ``T + eps * sum(anchor starts)`` with ``eps * #anchors < 1``: the
+  small term pins every start to its ASAP value (it cannot trade against T), which removes
+  most of the dual degeneracy of a pure ``min T`` (2-5x fewer dual simplex pivots).
 - The two lexicographic solves share one HiGHS instance: the second changes the objective and
-  the makespan column's upper bound in place and restarts from the first solve's basis.
+  the makespan column's upper bound in place and restarts, with primal simplex, from the
+  first solve's (still primal feasible) basis.
 """
 
 from __future__ import annotations
@@ -378,9 +382,9 @@ def plan_freeze(
     max_freeze_ratio: float = 0.9,
     budget: float | None = None,
     *,
-    tolerance: float = 1e-6,
+    tolerance: float = 1e-9,
     prune: bool = True,
-    row_generation: bool = True,
+    row_generation: bool = False,
 ) -> FreezePlan:
     """Plan per-(stage, microbatch) freeze ratios that minimise the step's makespan.
 
@@ -454,6 +458,9 @@ def plan_freeze(
     cost_idx = np.concatenate([[model.col_T], model.n_anc + np.arange(nfz)]).astype(np.int32)
     cost_val = np.concatenate([[0.0], model.wpart_fz])
     h.changeColsCost(len(cost_idx), cost_idx, cost_val)
+    # the first solve's basis stays primal feasible under the new objective: primal simplex
+    # from it needs a few hundred pivots where a cold dual solve needs tens of thousands
+    h.setOptionValue("simplex_strategy", 4)
     sol = solve("freezing")
     stats["rows_used"] = int(in_model.sum())
     st2 = _status(h)
