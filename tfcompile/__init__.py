@@ -59,6 +59,6 @@ def __getattr__(name: str) -> Any:
     if module_name is None:
         raise AttributeError(f"module 'tfcompile' has no attribute {name!r}")
     module = import_module(module_name)
-    value = module if module_name.endswith("." + name) else getattr(module, name)
+    value = module if name == "schedules" else getattr(module, name)
     globals()[name] = value
     return value

@@ -59,7 +59,7 @@ def _split_batch(batch, microbatches: int, what: str) -> list[tuple]:
                 f"{what} batch of {t.shape[0]} does not split into {microbatches} equal "
                 "microbatches: make the batch size a multiple of the microbatch count"
             )
-        chunks_per_tensor.append(t.chunk(microbatches))
+        chunks_per_tensor.append([c.contiguous() for c in t.chunk(microbatches)])
     return [tuple(chunks) for chunks in zip(*chunks_per_tensor)]
 
 
@@ -329,6 +329,8 @@ class Pipeline:
         """Leave the process group in a clean state (a barrier), where there is one."""
         if self.distributed:
             dist.barrier()
+        if self.failure is not None:
+            self.failure.stop()
 
 
 def _group_spec(groups, spec: StageSpec, model_names: set[str]):
@@ -506,6 +508,8 @@ def compile(  # noqa: A001 - the public name the design asks for
             lookahead,
         )
         pipe.failure = failure
+        if failure is not None:
+            failure.start_watchdog(rank)
         if distributed_run:
             pipe._tied_groups = _tied_weight_groups(model, specs, sched)
         if freeze is not None:

@@ -56,22 +56,28 @@ def init(timeout: float, device: torch.device | str | None = None) -> DistContex
     return DistContext(dist.get_rank(), dist.get_world_size(), device, dist.get_backend())
 
 
-def failure_signal(prefix: str, timeout: float) -> FailureSignal:
-    """A client of torchrun's rendezvous store (public TCPStore API), or none if unreachable."""
+def _store_client(timeout: float) -> dist.Store | None:
     host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
-    store = None
-    if host and port:
-        try:
-            store = dist.TCPStore(
-                host,
-                int(port),
-                is_master=False,
-                timeout=datetime.timedelta(seconds=min(timeout, 60.0)),
-                wait_for_workers=False,
-            )
-        except Exception:
-            store = None
-    return FailureSignal(store, prefix)
+    if not (host and port):
+        return None
+    try:
+        return dist.TCPStore(
+            host,
+            int(port),
+            is_master=False,
+            timeout=datetime.timedelta(seconds=min(timeout, 60.0)),
+            wait_for_workers=False,
+        )
+    except Exception:
+        return None
+
+
+def failure_signal(prefix: str, timeout: float) -> FailureSignal:
+    """Failure reporting through torchrun's rendezvous store (public TCPStore client API).
+
+    Two clients: one for the main thread, one for the watchdog thread.
+    """
+    return FailureSignal(_store_client(timeout), prefix, watch_store=_store_client(timeout))
 
 
 def check_same_config(summary: dict, rank: int, world_size: int) -> None:

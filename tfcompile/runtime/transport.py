@@ -5,13 +5,17 @@ kind "grad" from stage s to s-1. Messages between stages on one rank never touch
 
 `LocalTransport` is a mailbox (single process). `DistTransport` uses torch.distributed
 isend/irecv into receive buffers preallocated from traced shapes and reused across steps;
-receives are posted ahead of the action that consumes them. Every wait polls for completion so
-that it can give up on a deadline or when another rank has reported a failure through the
-rendezvous store, instead of hanging.
+receives are posted ahead of the action that consumes them. Every wait has a deadline, and a
+failure on one rank reaches the others through the rendezvous store (see FailureSignal), so no
+rank hangs.
 """
 
 from __future__ import annotations
 
+import datetime
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,33 +66,87 @@ class TensorSpec:
 
 
 class FailureSignal:
-    """Cross-rank failure reporting through a key in the rendezvous store."""
+    """Cross-rank failure reporting through a key in the rendezvous store.
 
-    def __init__(self, store: dist.Store | None, prefix: str) -> None:
+    A rank that fails writes its error under the key before it exits. Its peers learn of it in
+    two ways: a blocked receive from the dead process fails (gloo and NCCL see the closed
+    connection), and the peer then reads the key to raise the original error; or a watchdog
+    thread sees the key while this rank is blocked behind a live but stuck rank, and ends the
+    process with the original error (a blocked torch.distributed wait cannot be interrupted).
+    """
+
+    GRACE_S = 2.0  # how long a blocked rank may keep waiting after a peer reported a failure
+    POLL_S = 0.2
+    EXIT_CODE = 17
+
+    def __init__(self, store: dist.Store | None, prefix: str, watch_store=None) -> None:
         self.store = store
+        self.watch_store = watch_store
         self.key = f"{prefix}/failure"
+        self.blocked_since: float | None = None
+        self.blocked_on = ""
+        self.rank = -1
+        self._watchdog: threading.Thread | None = None
+        self._stop = threading.Event()
 
     def report(self, rank: int, message: str) -> None:
-        if self.store is not None:
-            try:
-                self.store.set(self.key, f"rank {rank}: {message}")
-            except Exception:  # the store may be gone when the job is already tearing down
-                pass
-
-    def check(self) -> None:
         if self.store is None:
             return
         try:
-            failed = self.store.check([self.key])
+            if not self.store.check([self.key]):  # keep the first (root-cause) failure
+                self.store.set(self.key, f"rank {rank} failed: {message}")
+        except Exception:  # the store may be gone when the job is already tearing down
+            pass
+
+    def message(self, wait_s: float = 0.0) -> str | None:
+        """The reported failure, waiting up to `wait_s` for one to appear."""
+        if self.store is None:
+            return None
+        try:
+            if wait_s > 0:
+                self.store.wait([self.key], datetime.timedelta(seconds=wait_s))
+            if self.store.check([self.key]):
+                return self.store.get(self.key).decode(errors="replace")
         except Exception:
+            return None
+        return None
+
+    def start_watchdog(self, rank: int) -> None:
+        if self.watch_store is None or self._watchdog is not None:
             return
-        if failed:
-            message = self.store.get(self.key).decode(errors="replace")
-            raise PipelineFailure(f"pipeline step aborted because {message}")
+        self.rank = rank
+        self._watchdog = threading.Thread(
+            target=self._watch, name="tfcompile-watchdog", daemon=True
+        )
+        self._watchdog.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.POLL_S):
+            try:
+                failed = self.watch_store.check([self.key])
+            except Exception:
+                return
+            if not failed:
+                continue
+            since = self.blocked_since
+            if since is not None and time.monotonic() - since > self.GRACE_S:
+                message = self.watch_store.get(self.key).decode(errors="replace")
+                print(
+                    f"[tfcompile] rank {self.rank} aborts while waiting for {self.blocked_on}: "
+                    f"{message}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(self.EXIT_CODE)
 
 
 class DistTransport:
     """Point-to-point transport over torch.distributed for one rank."""
+
+    WAITED_S = 1e-4  # a wait longer than this means the message had not arrived yet
 
     def __init__(
         self,
@@ -174,28 +232,26 @@ class DistTransport:
         return self.buffers[key]
 
     def _wait(self, work, what: str) -> bool:
-        """Wait for `work`, checking the deadline and other ranks' failures. True if it waited."""
-        if work.is_completed():
-            work.wait()
-            return False
-        deadline = time.monotonic() + self.timeout
-        next_check = time.monotonic() + 0.05
-        pause = 0.0
-        while not work.is_completed():
-            now = time.monotonic()
-            if now >= next_check:
-                self.failure.check()
-                next_check = now + 0.05
-                if now >= deadline:
-                    raise PipelineFailure(
-                        f"rank {self.rank} waited {self.timeout:.0f} s for {what}; a peer rank is "
-                        "stuck or dead. Raise the timeout (compile(..., timeout=...)) if steps "
-                        "are legitimately this slow."
-                    )
-            time.sleep(pause)
-            pause = min(2 * pause + 2e-5, 5e-4)
-        work.wait()
-        return True
+        """Block until `work` is done; True if it was not done yet (the rank had to wait)."""
+        started = time.perf_counter()
+        self.failure.blocked_on = what
+        self.failure.blocked_since = time.monotonic()
+        try:
+            work.wait(datetime.timedelta(seconds=self.timeout))
+        except Exception as exc:
+            message = self.failure.message(wait_s=self.failure.GRACE_S)
+            if message is not None:
+                raise PipelineFailure(f"pipeline step aborted because {message}") from exc
+            failure = PipelineFailure(
+                f"rank {self.rank} gave up waiting for {what} ({type(exc).__name__}: {exc}). A "
+                "peer rank is stuck or dead; if steps are legitimately this slow, raise "
+                "compile(..., timeout=...)."
+            )
+            self.failure.report(self.rank, str(failure))
+            raise failure from exc
+        finally:
+            self.failure.blocked_since = None
+        return time.perf_counter() - started > self.WAITED_S
 
     def finish_step(self) -> None:
         for work, _, key in self.sends:

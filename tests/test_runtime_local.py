@@ -1,0 +1,220 @@
+"""compile() and the single-process executor: eager equality, freezing, splitting, errors."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import tfcompile
+from tfcompile.errors import GroupError, RuntimeConfigError
+from tfcompile.models.llama import Llama, LlamaConfig
+from tfcompile.split import balanced_cuts, split_model
+
+SCHEDULES = [("GPipe", 2), ("1F1B", 2), ("ZBH1", 2), ("Interleaved1F1B", 4), ("ZBV", 4)]
+
+
+def lm_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+
+def tiny_llama(seed: int = 0) -> Llama:
+    torch.manual_seed(seed)
+    return Llama(
+        LlamaConfig(vocab_size=48, dim=32, n_layers=4, n_heads=4, n_kv_heads=2, max_seq_len=16)
+    )
+
+
+def batch(seed: int, size: int = 8, seq: int = 9):
+    x = torch.randint(0, 48, (size, seq), generator=torch.Generator().manual_seed(seed))
+    return x[:, :-1], x[:, 1:]
+
+
+def eager_grads(model, inputs, targets, microbatches, dropped=None):
+    """Eager accumulation of loss/microbatches; `dropped[m]` = params that skip microbatch m."""
+    dropped = dropped or {}
+    named = dict(model.named_parameters())
+    total = 0.0
+    for m, (x, y) in enumerate(zip(inputs.chunk(microbatches), targets.chunk(microbatches))):
+        loss = lm_loss(model(x), y) / microbatches
+        grads = torch.autograd.grad(loss, list(named.values()))
+        for (name, p), g in zip(named.items(), grads):
+            if name not in dropped.get(m, ()):
+                p.grad = g.clone() if p.grad is None else p.grad + g
+        total += loss.item()
+    return total
+
+
+def compiled(model, schedule, stages, microbatches=4, **kw):
+    inputs, targets = batch(0)
+    mb = inputs.shape[0] // microbatches
+    return tfcompile.compile(
+        model,
+        schedule=schedule,
+        stages=stages,
+        microbatches=microbatches,
+        example_inputs=(inputs[:mb].contiguous(),),
+        loss_fn=lm_loss,
+        example_target=targets[:mb].contiguous(),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("schedule,stages", SCHEDULES)
+def test_training_steps_equal_eager(schedule, stages):
+    model = tiny_llama()
+    reference = copy.deepcopy(model)
+    pipe = compiled(model, schedule, stages)
+    opt = torch.optim.AdamW(pipe.parameters(), lr=1e-2)
+    ref_opt = torch.optim.AdamW(reference.parameters(), lr=1e-2)
+    for step in range(3):
+        inputs, targets = batch(step + 1)
+        opt.zero_grad()
+        loss = pipe.step(inputs, targets)
+        opt.step()
+        ref_opt.zero_grad()
+        ref_loss = eager_grads(reference, inputs, targets, 4)
+        ref_opt.step()
+        assert loss == pytest.approx(ref_loss, rel=1e-5)
+    for (name, p), (ref_name, r) in zip(pipe.named_parameters(), reference.named_parameters()):
+        assert name == ref_name
+        torch.testing.assert_close(p, r, rtol=1e-5, atol=1e-6)
+
+
+def test_frozen_microbatches_add_nothing_to_frozen_groups():
+    model = tiny_llama()
+    reference = copy.deepcopy(model)
+    pipe = compiled(model, "1F1B", 2)
+    frozen = {(0, 1): {"layers.0"}, (0, 3): {"tok_embeddings", "layers.1"}, (1, 0): {"output"}}
+    dropped = {}
+    for (stage, m), groups in frozen.items():
+        for g in groups:
+            dropped.setdefault(m, set()).update(pipe.stage_groups(stage)[g])
+    inputs, targets = batch(1)
+    pipe.step(inputs, targets, frozen=frozen)
+    eager_grads(reference, inputs, targets, 4, dropped)
+    for (name, p), (_, r) in zip(pipe.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_groups_and_parameters_use_model_names():
+    model = tiny_llama()
+    pipe = compiled(model, "1F1B", 2)
+    assert [n for n, _ in pipe.named_parameters()] == [n for n, _ in model.named_parameters()]
+    groups = {g for s in pipe.local_stages for g in pipe.stage_groups(s)}
+    assert groups == {
+        "tok_embeddings",
+        "layers.0",
+        "layers.1",
+        "layers.2",
+        "layers.3",
+        "norm",
+        "output",
+    }
+    assert all(pipe.group_costs(0)[g] > 0 for g in pipe.stage_groups(0))
+
+
+def test_profile_and_trace(tmp_path):
+    pipe = compiled(tiny_llama(), "1F1B", 2)
+    for step in range(2):
+        pipe.step(*batch(step))
+    profile = pipe.measured_profile()
+    assert len(profile["stages"]) == 2
+    assert all(row[k] > 0 for row in profile["stages"] for k in ("F", "I", "W"))
+    trace = pipe.write_trace(tmp_path / "trace.json")
+    events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+    measured = [e for e in events if e["ph"] == "X" and e["pid"] < 2]
+    predicted = [e for e in events if e["ph"] == "X" and e["pid"] >= 2]
+    assert len(measured) == 2 * 4 * 3  # F, I and W parts of 4 microbatches on 2 stages
+    assert len(predicted) == 2 * 4 * 2  # F and B actions
+    assert trace["otherData"]["profile"] == profile
+
+
+def test_split_points_and_balanced_split():
+    model = tiny_llama()
+    example = (batch(0)[0][:2],)
+    specs = split_model(model, None, example, split_points=["layers.2"])
+    assert [s.block_names for s in specs] == [
+        ["tok_embeddings", "layers.0", "layers.1"],
+        ["layers.2", "layers.3", "norm", "output"],
+    ]
+    balanced = split_model(model, 3, example)
+    assert sum(len(s.block_names) for s in balanced) == 7
+
+
+@pytest.mark.parametrize(
+    "costs,parts",
+    [([5, 1, 1, 1, 5], 2), ([1, 2, 3, 4, 5, 6], 3), ([3, 3, 3, 3], 4), ([9, 1, 1, 1, 1, 1, 1], 2)],
+)
+def test_balanced_cuts_match_brute_force(costs, parts):
+    def worst(cuts):
+        bounds = [*cuts, len(costs)]
+        return max(sum(costs[bounds[i] : bounds[i + 1]]) for i in range(parts))
+
+    best = min(worst([0, *c]) for c in itertools.combinations(range(1, len(costs)), parts - 1))
+    assert worst(balanced_cuts(costs, parts)) == best
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = tiny_llama()
+    pipe = compiled(model, "1F1B", 2)
+    inputs, targets = batch(0, size=6)
+    with pytest.raises(RuntimeConfigError, match="multiple of the microbatch count"):
+        pipe.step(inputs, targets)
+    with pytest.raises(GroupError, match="not groups of stage 0"):
+        pipe.step(*batch(0), frozen={(0, 0): {"nope"}})
+    with pytest.raises(RuntimeConfigError, match="outside stages"):
+        pipe.step(*batch(0), frozen={(5, 0): {"output"}})
+    with pytest.raises(RuntimeConfigError, match="not blocks of the model"):
+        compiled(tiny_llama(), "1F1B", 2, split_points=["layers.9"])
+    with pytest.raises(RuntimeConfigError, match="one split point fewer than the number"):
+        compiled(tiny_llama(), "1F1B", 2, split_points=["tok_embeddings"])
+    with pytest.raises(RuntimeConfigError, match="needs example_inputs"):
+        tfcompile.compile(tiny_llama(), schedule="1F1B", stages=2)
+
+
+class PassesTokens(nn.Module):
+    def forward(self, tokens):
+        return tokens + 1
+
+
+def test_integer_activations_between_stages_are_refused():
+    model = nn.Sequential(PassesTokens(), nn.Embedding(8, 4), nn.Flatten(), nn.Linear(8, 2))
+    with pytest.raises(RuntimeConfigError, match="non-floating"):
+        tfcompile.compile(
+            model,
+            schedule="1F1B",
+            stages=2,
+            microbatches=2,
+            split_points=["1"],
+            example_inputs=(torch.zeros(2, 2, dtype=torch.long),),
+            loss_fn=nn.functional.cross_entropy,
+            example_target=torch.zeros(2, dtype=torch.long),
+        )
+
+
+class NotAComposition(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.b(x) + self.a(x)  # not b(a(x))
+
+
+def test_model_whose_forward_is_not_a_composition_is_refused():
+    with pytest.raises(RuntimeConfigError, match="pipeline_blocks"):
+        tfcompile.compile(
+            NotAComposition(),
+            schedule="1F1B",
+            stages=2,
+            microbatches=2,
+            example_inputs=(torch.randn(2, 4),),
+            loss_fn=lambda o, t: o.sum(),
+            example_target=torch.zeros(2),
+        )
