@@ -352,6 +352,13 @@ def _tails(dag: ScheduleDAG, dur: np.ndarray, comm: float) -> np.ndarray:
     return np.array(tail)
 
 
+def _tight(model: _Model, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Edge rows that are tight (zero slack) in an ASAP schedule with these times."""
+    span = float(end.max()) if len(end) else 1.0
+    sv = np.where(model.v >= 0, start[np.maximum(model.v, 0)], span)
+    return sv - (end[model.u] + model.c) <= 1e-9 * max(1.0, span)
+
+
 def _initial_rows(
     dag: ScheduleDAG,
     model: _Model,
@@ -360,16 +367,12 @@ def _initial_rows(
     comm: float,
     cap: float,
 ) -> np.ndarray:
-    """Edge rows to start row generation with: every sink row, plus the edges that are tight
-    in the ASAP schedule with nothing frozen and with every ratio at the cap (a guess of the
-    optimum). Other rows are added only when a solution violates them."""
-    keep = model.v < 0
-    for r in (0.0, cap):
-        start, end = longest_path(dag, base - wpart * r, comm)
-        sv = start[np.maximum(model.v, 0)]
-        gap = sv - (end[model.u] + model.c)
-        keep |= (model.v >= 0) & (gap <= 1e-9 * max(1.0, float(end.max())))
-    return np.flatnonzero(keep)
+    """Edge rows to start row generation with: every sink row plus the edges that are tight
+    in the ASAP schedule with every ratio at the cap (a guess of the optimum). Other rows are
+    added only when the full DAG, simulated with a solution's ratios, is longer than that
+    solution's makespan."""
+    start, end = longest_path(dag, base - wpart * cap, comm)
+    return np.flatnonzero((model.v < 0) | _tight(model, start, end))
 
 
 def _status(h) -> str:
@@ -425,6 +428,9 @@ def plan_freeze(
     t1 = time.perf_counter()
     feas_tol = 1e-7 * max(1.0, baseline)
 
+    nfz = len(model.fz_nodes)
+    r_nodes = np.zeros(dag.num_nodes)
+
     def solve(what: str) -> np.ndarray:
         rounds = 0
         while True:
@@ -437,12 +443,18 @@ def plan_freeze(
             rounds += 1
             if in_model.all():
                 break
-            viol = (model.row_activity(x) < model.rhs - feas_tol) & ~in_model
-            if not viol.any():
+            # row generation: the relaxed LP's ratios are optimal for the full LP iff the
+            # full DAG, simulated with them, is no longer than the relaxed LP's makespan
+            r_nodes[model.fz_nodes] = np.clip(x[model.n_anc : model.n_anc + nfz], 0.0, 1.0)
+            start, end = longest_path(dag, base - wpart * r_nodes, comm)
+            if float(end.max()) <= x[model.col_T] + feas_tol:
                 break
-            new_rows = np.flatnonzero(viol)
+            new_rows = np.flatnonzero(_tight(model, start, end) & ~in_model)
+            if len(new_rows) == 0:  # cannot happen: some critical edge must be missing
+                new_rows = np.flatnonzero(~in_model)
             model.add_rows(h, new_rows)
             in_model[new_rows] = True
+            h.setOptionValue("simplex_strategy", 1)  # added rows: dual simplex
         stats[f"{what}_rounds"] = rounds
         stats[f"{what}_iterations"] = int(h.getInfo().simplex_iteration_count)
         return x
@@ -454,7 +466,6 @@ def plan_freeze(
     # HiGHS restarts from the first solve's basis -----------------------------------------
     bound = t_star * (1 + tolerance) + 1e-12
     h.changeColBounds(model.col_T, 0.0, bound)
-    nfz = len(model.fz_nodes)
     cost_idx = np.concatenate([[model.col_T], model.n_anc + np.arange(nfz)]).astype(np.int32)
     cost_val = np.concatenate([[0.0], model.wpart_fz])
     h.changeColsCost(len(cost_idx), cost_idx, cost_val)

@@ -1,0 +1,152 @@
+"""Planner benchmark: build + solve time of the freeze LP against the paper-style reference,
+and the predicted gain against pipeline depth.
+
+    .venv/bin/python benchmarks/bench_plan.py                 # everything
+    .venv/bin/python benchmarks/bench_plan.py --sizes 4x8,8x32 --no-depth
+    .venv/bin/python benchmarks/bench_plan.py --no-reference  # ours only
+
+Rows are printed as they finish; results go to benchmarks/results/bench_plan.json. Timings are
+wall-clock on whatever machine runs this, best of ``--repeat`` runs up to 16x128 (shared
+machines are noisy: compare the ratio column, measured in the same run). "ours" is schedule
+build + DAG + LP build + both solves + the verifying simulation; "ref" is the reference's LP
+build + its single solve. Nothing here is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from reference_lp import reference_plan  # noqa: E402
+
+from tfcompile.schedule.costs import CostProfile  # noqa: E402
+from tfcompile.schedule.lp import plan_freeze  # noqa: E402
+from tfcompile.schedules import build  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# GPT-3-like 28.3B, 32 stages (Qi et al. 2024, Table 9); first/last stage made heavier
+BASE = {"F": 10.4, "I": 10.2, "W": 7.7}
+COMM = 0.4
+
+
+def profile(num_stages: int) -> CostProfile:
+    stages = [dict(BASE) for _ in range(num_stages)]
+    stages[0] = {k: v * 1.1 for k, v in BASE.items()}
+    stages[-1] = {k: v * 1.2 for k, v in BASE.items()}
+    return CostProfile(stages, COMM)
+
+
+def bench_sizes(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    hdr = (f"{'schedule':>9} {'p':>3} {'m':>4} {'actions':>7} {'ours s':>8} {'(build':>7} "
+           f"{'solve)':>7} {'ref s':>8} {'ratio':>7} {'gain':>6} {'agree':>6}")  # fmt: skip
+    print(hdr, flush=True)
+    for name in args.schedules.split(","):
+        for size in args.sizes.split(","):
+            p, m = (int(x) for x in size.split("x"))
+            stages = 2 * p if name == "ZBV" else p
+            prof = profile(stages)
+            reps = args.repeat if p * m <= 16 * 128 else 1
+            ours, plan = float("inf"), None
+            for _ in range(reps):  # best of `reps`: the machine may be shared
+                t0 = time.perf_counter()
+                sched = build(name, stages, m, ranks=p if name != "ZBV" else None)
+                plan_k = plan_freeze(sched, prof, max_freeze_ratio=args.cap)
+                dt = time.perf_counter() - t0
+                if dt < ours:
+                    ours, plan = dt, plan_k
+            row = {
+                "schedule": name, "p": p, "m": m, "actions": len(sched),
+                "ours_seconds": ours, "ours_build_seconds": ours - plan.solve_seconds,
+                "ours_solve_seconds": plan.solve_seconds, "makespan": plan.makespan,
+                "baseline_makespan": plan.baseline_makespan, "gain": plan.gain,
+                "lp_rows": plan.num_rows, "lp_cols": plan.num_cols, "stats": plan.stats,
+            }  # fmt: skip
+            ref_txt, ratio_txt, agree = "-", "-", "-"
+            if not args.no_reference:
+                ref_s = float("inf")
+                for _ in range(reps):
+                    t1 = time.perf_counter()
+                    ref = reference_plan(sched, prof, max_freeze_ratio=args.cap)
+                    ref_s = min(ref_s, time.perf_counter() - t1)
+                row.update(
+                    reference_seconds=ref_s,
+                    reference_build_seconds=ref["build_seconds"],
+                    reference_solve_seconds=ref["solve_seconds"],
+                    reference_makespan=ref["makespan"],
+                    speedup=ref_s / ours,
+                )
+                ok = abs(ref["makespan"] - plan.lp_makespan) <= 1e-6 * plan.baseline_makespan
+                row["makespans_agree"] = ok
+                ref_txt, ratio_txt, agree = f"{ref_s:8.3f}", f"{ref_s / ours:6.1f}x", str(ok)
+            print(
+                f"{name:>9} {p:>3} {m:>4} {len(sched):>7} {ours:8.3f} "
+                f"{ours - plan.solve_seconds:7.3f} {plan.solve_seconds:7.3f} {ref_txt:>8} "
+                f"{ratio_txt:>7} {100 * plan.gain:5.1f}% {agree:>6}",
+                flush=True,
+            )
+            rows.append(row)
+    return rows
+
+
+def bench_depth(args: argparse.Namespace) -> list[dict]:
+    """Predicted gain vs depth p at fixed per-layer costs (a fixed model split p ways)."""
+    layers = 64
+    per_layer = {k: v * 32 / layers for k, v in BASE.items()}  # the 28.3B model, 64 layers
+    print(f"\npredicted gain vs depth (fixed model, {layers} layers, comm {COMM} ms, "
+          f"cap {args.cap}):", flush=True)  # fmt: skip
+    names = ["GPipe", "1F1B", "ZBH1", "ZBV"]
+    print(f"{'p':>3} {'m':>4} " + " ".join(f"{n:>14}" for n in names), flush=True)
+    out = []
+    for m_rule in ("fixed", "4p"):
+        for p in range(2, 17):
+            m = 32 if m_rule == "fixed" else 4 * p
+            cells = []
+            for name in names:
+                stages = 2 * p if name == "ZBV" else p
+                per_stage = {k: v * layers / stages for k, v in per_layer.items()}
+                prof = CostProfile([dict(per_stage) for _ in range(stages)], COMM)
+                try:
+                    sched = build(name, stages, m)
+                except Exception:  # too few microbatches for ZBV
+                    cells.append(f"{'n/a':>14}")
+                    continue
+                plan = plan_freeze(sched, prof, max_freeze_ratio=args.cap)
+                out.append({"schedule": name, "p": p, "m": m, "gain": plan.gain,
+                            "baseline_makespan": plan.baseline_makespan,
+                            "makespan": plan.makespan,
+                            "avg_ratio": sum(plan.stage_average()) / stages})  # fmt: skip
+                cells.append(f"{100 * plan.gain:6.1f}% r={sum(plan.stage_average()) / stages:.2f}")
+            print(f"{p:>3} {m:>4} " + " ".join(f"{c:>14}" for c in cells), flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--schedules", default="1F1B,ZBV")
+    ap.add_argument("--sizes", default="4x8,8x32,16x128,32x256", help="p x m, comma-separated")
+    ap.add_argument("--cap", type=float, default=0.8)
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3, help="best of N up to 16x128")
+    ap.add_argument("--no-depth", action="store_true")
+    ap.add_argument("--no-sizes", action="store_true")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "bench_plan.json"))
+    args = ap.parse_args()
+    res: dict = {"cap": args.cap, "profile": {"stage": BASE, "comm": COMM}}
+    if not args.no_sizes:
+        res["sizes"] = bench_sizes(args)
+    if not args.no_depth:
+        res["depth"] = bench_depth(args)
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(res, f, indent=1)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
