@@ -20,7 +20,7 @@ from torch import nn
 
 from tfcompile.errors import GroupError, RuntimeConfigError, ScheduleError
 from tfcompile.runtime import distributed
-from tfcompile.runtime.executor import StepRunner, interleave
+from tfcompile.runtime.executor import StepRunner, forward_only_order, interleave
 from tfcompile.runtime.timers import ActionTimer, median_profile
 from tfcompile.runtime.transport import DistTransport, LocalTransport, TensorSpec
 from tfcompile.split import StageSpec, split_model, stage_example_inputs
@@ -171,23 +171,12 @@ class Pipeline:
         Gradients accumulate into the parameters' .grad (each microbatch's loss is scaled by
         1/microbatches, so they equal eager accumulation of the mean loss).
         """
-        if frozen is None and self.freezer is not None:
-            frozen = self.freezer.before_step()
-        frozen = self._check_frozen(frozen or {})
+        decided = self.freezer.before_step() if self.freezer is not None else {}
+        frozen = self._check_frozen(decided if frozen is None else frozen)
         self.last_frozen = frozen
         M = self.num_microbatches
         try:
-            stage_inputs = (
-                [tuple(t.to(self.device) for t in mb) for mb in _split_batch(inputs, M, "input")]
-                if 0 in self.programs
-                else []
-            )
-            last = self.num_stages - 1
-            target_mbs = None
-            if last in self.programs:
-                if targets is None:
-                    raise RuntimeConfigError("the last stage needs targets: step(inputs, targets)")
-                target_mbs = [mb[0].to(self.device) for mb in _split_batch(targets, M, "target")]
+            stage_inputs, target_mbs = self._microbatches(inputs, targets)
             seed = torch.tensor(
                 1.0 / M, dtype=self.example_shapes["loss_dtype"], device=self.device
             )
@@ -204,8 +193,41 @@ class Pipeline:
         self.step_index += 1
         loss = torch.stack([losses[m] for m in range(M)]).mean().item() if losses else None
         if self.freezer is not None:
-            self.freezer.after_step(self.last_step_seconds(), loss)
+            self.freezer.after_step(self.last_step_seconds(), loss, frozen=frozen)
         return loss
+
+    @torch.no_grad()
+    def evaluate(self, inputs, targets=None) -> float:
+        """Mean loss of a batch, forward only, without touching gradients or the profile.
+
+        Collective under torchrun; every rank gets the loss.
+        """
+        M = self.num_microbatches
+        stage_inputs, target_mbs = self._microbatches(inputs, targets)
+        order = forward_only_order(self.schedule.programs, self.local_stages)
+        try:
+            losses = self.runner.run_step(
+                -1, order, stage_inputs, target_mbs, {}, None, self.lookahead, timed=False
+            )
+        finally:
+            for program in self.programs.values():
+                program.release()
+        local = torch.stack([losses[m] for m in range(M)]).mean().item() if losses else None
+        return next(v for v in self._gather(local) if v is not None)
+
+    def _microbatches(self, inputs, targets):
+        M = self.num_microbatches
+        stage_inputs = (
+            [tuple(t.to(self.device) for t in mb) for mb in _split_batch(inputs, M, "input")]
+            if 0 in self.programs
+            else []
+        )
+        target_mbs = None
+        if self.num_stages - 1 in self.programs:
+            if targets is None:
+                raise RuntimeConfigError("the last stage needs targets: step(inputs, targets)")
+            target_mbs = [mb[0].to(self.device) for mb in _split_batch(targets, M, "target")]
+        return stage_inputs, target_mbs
 
     def _reduce_tied_grads(self) -> None:
         for names, group in self._tied_groups:
@@ -221,6 +243,10 @@ class Pipeline:
         if not parts:
             return 0.0
         return max(p.end for p in parts) - min(p.start for p in parts)
+
+    def all_gather_object(self, value) -> list:
+        """`value` from every rank, in rank order (collective under torchrun)."""
+        return self._gather(value)
 
     def _gather(self, value):
         if not self.distributed:
@@ -508,6 +534,9 @@ def compile(  # noqa: A001 - the public name the design asks for
             lookahead,
         )
         pipe.failure = failure
+        if freeze is not None:
+            pipe.timer.records = type(pipe.timer.records)(maxlen=max(50, freeze.monitor_steps))
+            pipe.timer.arrivals = type(pipe.timer.arrivals)(maxlen=max(50, freeze.monitor_steps))
         if failure is not None:
             failure.start_watchdog(rank)
         if distributed_run:

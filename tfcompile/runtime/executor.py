@@ -67,6 +67,29 @@ def interleave(programs: Sequence[Sequence], num_stages: int) -> list:
     return order
 
 
+class _NullTimer:
+    def start(self):
+        return None
+
+    def stop(self, token, stage: int, part: str, microbatch: int) -> None:
+        pass
+
+
+NULL_TIMER = _NullTimer()
+
+
+def forward_only_order(programs: Sequence[Sequence], local_stages: Sequence[int]) -> list:
+    """Forward actions of `local_stages`, stage by stage (GPipe order): for evaluation."""
+    num_microbatches = 1 + max(a.microbatch for p in programs for a in p)
+    return [_forward(s, m) for s in sorted(local_stages) for m in range(num_microbatches)]
+
+
+def _forward(stage: int, microbatch: int):
+    from tfcompile.schedule.actions import Action
+
+    return Action(stage, "F", microbatch)
+
+
 def as_tuple(value) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
@@ -98,25 +121,30 @@ class StepRunner:
         frozen: Mapping[tuple[int, int], frozenset[str]],
         loss_seed: torch.Tensor | None,
         lookahead: int,
+        timed: bool = True,
     ) -> dict[int, torch.Tensor]:
+        """Run `order` (this rank's actions); returns the loss of each microbatch on the last
+        stage. Untimed runs (evaluation) leave the timer's measurements alone."""
         self.losses = {}
         self.transport.begin_step(step)
-        self.timer.begin_step(step)
+        if timed:
+            self.timer.begin_step(step)
         needs = [needed_message(a, self.num_stages) for a in order]
         for index, action in enumerate(order):
             if lookahead:
                 window = needs[index : index + lookahead]
                 self.transport.prefetch([k for k in window if k is not None])
-            self._run(action, inputs, targets, frozen, loss_seed)
+            self._run(action, inputs, targets, frozen, loss_seed, timed)
         self.transport.finish_step()
-        self.timer.end_step()
+        if timed:
+            self.timer.end_step()
         return self.losses
 
-    def _run(self, action, inputs, targets, frozen, loss_seed) -> None:
+    def _run(self, action, inputs, targets, frozen, loss_seed, timed: bool) -> None:
         s, kind, m = action.stage, action.kind, action.microbatch
         program = self.programs[s]
         last = s == self.num_stages - 1
-        timer = self.timer
+        timer = self.timer if timed else NULL_TIMER
         if kind == "F":
             args = inputs[m] if s == 0 else self.transport.take(("act", s - 1, m))
             token = timer.start()
