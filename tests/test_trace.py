@@ -300,3 +300,24 @@ def test_error_non_scalar_loss():
             loss_fn=lambda out, t: F.cross_entropy(out, t, reduction="none"),
             example_target=torch.tensor([0, 1]),
         )
+
+
+def test_batchnorm_running_stats_copied_back():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)).double().train()
+    ref = __import__("copy").deepcopy(m)
+    x = torch.randn(8, 4, dtype=torch.float64, requires_grad=True)
+    prog = tfcompile.trace_stage(m, (x,))
+    # tracing must not have touched the running statistics
+    torch.testing.assert_close(m[1].running_mean, torch.zeros(6, dtype=torch.float64))
+    g = torch.randn(8, 3, dtype=torch.float64)
+    for mb in range(2):
+        xe = x.detach().requires_grad_()
+        ref(xe).backward(g)
+        prog.forward(mb, x)
+        (gin,) = prog.backward(mb, g)
+        assert_close(gin, xe.grad, torch.float64, "input grad")
+    for (n, b), (_, rb) in zip(m.named_buffers(), ref.named_buffers()):
+        torch.testing.assert_close(b, rb, msg=f"buffer {n}")
+    for (n, p), (_, rp) in zip(m.named_parameters(), ref.named_parameters()):
+        assert_close(p.grad, rp.grad, torch.float64, n)

@@ -111,3 +111,20 @@ def op_base_name(target: Any) -> str:
 def fake_value(node: fx.Node) -> Any:
     """The FakeTensor (or tuple of them / SymInt) recorded for a node by AOTAutograd."""
     return node.meta.get("val", node.meta.get("tensor_meta"))
+
+
+def mutated_input_indices(fw_gm: fx.GraphModule) -> list[int] | None:
+    """Flat input indices whose mutation the forward graph returns first (batch-norm stats),
+    read from the output descriptors AOTAutograd attaches; None when they are not available."""
+    out = next(n for n in reversed(fw_gm.graph.nodes) if n.op == "output")
+    descs = out.meta.get("desc")
+    if not isinstance(descs, (list, tuple)):
+        return None
+    idx = []
+    for d in descs:
+        if type(d).__name__ == "InputMutationAOTOutput":
+            inner = getattr(d, "mutated_input", None)
+            if not hasattr(inner, "idx"):
+                return None
+            idx.append(inner.idx)
+    return idx

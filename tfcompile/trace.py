@@ -392,7 +392,12 @@ def trace_stage(
             f"({type(e).__name__}: {e}). Check that example_inputs match forward's arguments "
             f"(count, dtype: got {[x.dtype for x in example_inputs]}, shapes)"
         ) from e
-    mutated = [n for n in buffer_names if probe[n]._version != versions[n]]
+    # fallback when AOTAutograd's output descriptors are unavailable: version or value changed
+    mutated = [
+        n
+        for n in buffer_names
+        if probe[n]._version != versions[n] or not torch.equal(probe[n], buffers[n])
+    ]
     del probe
 
     def stage_fn(*args):
@@ -449,6 +454,9 @@ def trace_stage(
         flat_out, out_spec = pytree.tree_flatten(eager_out)
     n_user = 1 if is_loss else len(flat_out)
     n_mut = num_fwd_outputs - n_user
+    mut_idx = compat.mutated_input_indices(fw_gm)
+    if mut_idx is not None and all(n_p <= i < n_p + n_b for i in mut_idx):
+        mutated = [buffer_names[i - n_p] for i in mut_idx]
     if n_mut != len(mutated):
         raise TraceError(
             f"could not match the forward graph's {num_fwd_outputs} outputs to {n_user} "
