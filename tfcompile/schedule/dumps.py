@@ -93,12 +93,17 @@ def dag_to_dot(timeline: Timeline, max_nodes: int = 400, title: str | None = Non
 def _dag_summary_dot(timeline: Timeline, lines: list[str], crit: set[int]) -> str:
     dag = timeline.dag
     sched = dag.schedule
+    lines[1] = "  rankdir=TB;"
     lines.append(
         f'  note [shape=note, style=filled, fillcolor="#ffffee", label="{dag.num_nodes} actions: '
         f"too many to draw; showing the critical path ({len(crit)} actions) and per-rank "
         'counts"];'
     )
-    # per-rank summary nodes
+    # per-rank summary: one HTML table node
+    cells = [
+        "<TR><TD><B>rank</B></TD><TD><B>stages</B></TD><TD><B>actions</B></TD>"
+        "<TD><B>busy</B></TD><TD><B>bubble</B></TD><TD><B>frozen</B></TD></TR>"
+    ]
     for rank in range(sched.num_ranks):
         sel = dag.rank == rank
         counts = ", ".join(
@@ -107,12 +112,17 @@ def _dag_summary_dot(timeline: Timeline, lines: list[str], crit: set[int]) -> st
             if np.any(dag.kind[sel] == k)
         )
         frozen = int(np.sum(sel & dag.freezable & (timeline.ratios_array > 0)))
-        lbl = (
-            f"rank {rank} (stages {sched.stages_of(rank)})\\n{counts}\\n"
-            f"busy {_fmt(timeline.busy[rank])}, bubble {100 * timeline.bubble_fraction[rank]:.1f}%"
-            f"\\nfrozen actions: {frozen}"
+        stages = ",".join(str(x) for x in sched.stages_of(rank))
+        cells.append(
+            f"<TR><TD>{rank}</TD><TD>{stages}</TD><TD>{counts}</TD>"
+            f"<TD>{_fmt(timeline.busy[rank])}</TD>"
+            f"<TD>{100 * timeline.bubble_fraction[rank]:.1f}%</TD><TD>{frozen}</TD></TR>"
         )
-        lines.append(f'  rank{rank} [shape=box, style=filled, fillcolor="#eeeeee", label="{lbl}"];')
+    lines.append(
+        '  ranks [shape=plaintext, style="", label=<<TABLE BORDER="0" CELLBORDER="1" '
+        f'CELLSPACING="0" CELLPADDING="3">{"".join(cells)}</TABLE>>];'
+    )
+    lines.append("  note -> ranks [style=invis];")
     # the critical path, compressed into runs of consecutive actions on one rank
     path = timeline.critical_nodes
     runs: list[list[int]] = []
@@ -121,8 +131,19 @@ def _dag_summary_dot(timeline: Timeline, lines: list[str], crit: set[int]) -> st
             runs[-1].append(v)
         else:
             runs.append([v])
+    shown = list(enumerate(runs))
+    if len(runs) > 48:  # keep the picture readable: both ends of the path, an ellipsis between
+        shown = shown[:24] + [(-1, [])] + shown[-24:]
     prev = None
-    for i, run in enumerate(runs):
+    for i, run in shown:
+        if i < 0:
+            lines.append(
+                f'  gap [shape=plaintext, label="... {len(runs) - 48} more segments of the '
+                'critical path ..."];'
+            )
+            lines.append(f'  {prev} -> gap [color="#d62728", style=dashed];')
+            prev = "gap"
+            continue
         first, last = dag.actions[run[0]], dag.actions[run[-1]]
         kinds = {KIND_NAMES[dag.kind[v]] for v in run}
         kind = "F" if kinds == {"F"} else sorted(kinds - {"F"})[0] if kinds - {"F"} else "F"
@@ -256,6 +277,7 @@ def gantt(
     crit[timeline.critical_nodes] = True
     frozen = dag.freezable & (rr > 0)
     y_of = (nr - 1 - dag.rank) * (1.35 if baseline else 1.0)
+    raster = dag.num_nodes > 3000  # keep SVGs of large schedules small: bars as one image
     for k, name in enumerate(KIND_NAMES):
         for rank in range(nr):
             sel = (dag.kind == k) & (dag.rank == rank)
@@ -266,18 +288,20 @@ def gantt(
             ax.broken_barh(
                 list(zip(st[plain], du[plain])), (y - row_h / 2, row_h),
                 facecolors=KIND_COLORS[name], edgecolors="white", linewidth=0.3,
+                rasterized=raster,
             )  # fmt: skip
             fz = sel & frozen
             if fz.any():
                 ax.broken_barh(
                     list(zip(st[fz], du[fz])), (y - row_h / 2, row_h),
                     facecolors=KIND_COLORS[name], edgecolors="black", linewidth=0.4,
-                    hatch="////", alpha=0.75,
+                    hatch="////", alpha=0.75, rasterized=raster,
                 )  # fmt: skip
             if baseline is not None:
                 ax.broken_barh(
                     list(zip(baseline.start_times[sel], baseline.durations[sel])),
                     (y - row_h / 2 - 0.42, 0.25), facecolors=KIND_COLORS[name], alpha=0.45,
+                    rasterized=raster,
                 )  # fmt: skip
     # critical path outline
     for v in np.flatnonzero(crit).tolist():
