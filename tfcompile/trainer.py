@@ -52,9 +52,17 @@ def train(
     steplog: StepLog | None = None,
     lr_lambda: Callable[[int], float] | None = None,
     verbose: bool = True,
+    start_step: int = 0,
+    on_step_end: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Train for `steps` steps; evaluate every `eval_every` steps (and at the end)."""
-    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    """Train steps ``start_step .. steps - 1``; evaluate every `eval_every` steps and at the end.
+
+    ``start_step`` resumes a run (after `tfcompile.checkpoint.load_checkpoint`): the learning
+    rate schedule continues from there; base learning rates are kept in each param group's
+    ``initial_lr`` (saved with the optimizer state). ``on_step_end(step)`` runs after each
+    optimizer step (e.g. to save a checkpoint).
+    """
+    base_lrs = [g.setdefault("initial_lr", g["lr"]) for g in optimizer.param_groups]
     result = TrainResult(steps=steps, wall_seconds=0.0)
     start = time.perf_counter()
     speaker = verbose and (pipe.num_stages - 1) in pipe.local_stages
@@ -67,7 +75,7 @@ def train(
         if speaker:
             print(f"step {step:5d} | val loss {loss:.4f}", flush=True)
 
-    for step in range(steps):
+    for step in range(start_step, steps):
         if lr_lambda is not None:
             factor = lr_lambda(step)
             for group, lr in zip(optimizer.param_groups, base_lrs):
@@ -104,6 +112,8 @@ def train(
                 f"phase {phase}" + (f" | freeze {shown}" if shown else ""),
                 flush=True,
             )
+        if on_step_end is not None:
+            on_step_end(step)
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
             evaluate(step + 1)
     evaluate(steps)
