@@ -37,3 +37,20 @@ class ConvNeXt(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.head(self.norm(x.mean(dim=(2, 3))))
+
+    def pipeline_blocks(self) -> list[tuple[str, nn.Module]]:
+        """The forward as a sequence of blocks, for cutting into pipeline stages."""
+        blocks = [(f"blocks.{i}", b) for i, b in enumerate(self.blocks)]
+        return [("stem", self.stem), *blocks, ("head", PooledHead(self))]
+
+
+class PooledHead(nn.Module):
+    """Global average pool + norm + linear head (the last pipeline block of a ConvNeXt)."""
+
+    def __init__(self, net: ConvNeXt):
+        super().__init__()
+        self.norm = net.norm
+        self.head = net.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x.mean(dim=(2, 3))))

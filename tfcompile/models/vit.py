@@ -65,3 +65,20 @@ class ViT(nn.Module):
         for blk in self.blocks:
             x = blk(x)
         return self.head(self.norm(x)[:, 0])
+
+    def pipeline_blocks(self) -> list[tuple[str, nn.Module]]:
+        """The forward as a sequence of blocks, for cutting into pipeline stages."""
+        blocks = [(f"blocks.{i}", b) for i, b in enumerate(self.blocks)]
+        return [("patch_embed", self.patch_embed), *blocks, ("head", ClassTokenHead(self))]
+
+
+class ClassTokenHead(nn.Module):
+    """Final norm + linear head on the class token (the last pipeline block of a ViT)."""
+
+    def __init__(self, vit: ViT):
+        super().__init__()
+        self.norm = vit.norm
+        self.head = vit.head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x)[:, 0])
