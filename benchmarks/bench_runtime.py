@@ -1,0 +1,486 @@
+"""Runtime step time: tfcompile against torch.distributed.pipelining, freezing, prediction.
+
+Same LLaMA-style model (tfcompile.models.llama, same seed), same 2-stage split (stage 0 =
+tok_embeddings + layers[:L/2], stage 1 = layers[L/2:] + norm + output), same batches (the
+stdlib byte corpus), same schedule (1F1B on 2 ranks; gloo on CPU, NCCL on a CUDA GPU when
+there is one). Rows:
+
+- tfcompile vs torch pipelining (PipelineStage + Schedule1F1B), step time and ratio;
+- tfcompile with the last stage's weight-gradient work frozen in every microbatch vs nothing;
+- the planner's simulated makespan from the measured profile vs the measured step time.
+
+Timing: one step = barrier, then the rank's step call, then (CUDA) synchronize; the step's
+time is the slowest rank's. Gradients are dropped (p.grad = None) before every step, outside
+the timed region; no optimizer step (the same for both systems). Blocks of steps alternate
+between the systems (tfcompile, torch, tfcompile W-frozen, ...) so machine noise hits all of
+them; medians are over every measured step after warmup. The first step's loss of both systems
+is checked to agree (rtol 1e-5), and so are the first step's gradients.
+
+Prints a table and writes JSON (default benchmarks/results/bench_runtime.json). Never asserts
+on time. Usage:
+
+    python benchmarks/bench_runtime.py [--steps 30] [--dim 256] [--layers 4] [--quick]
+
+(it starts itself under torchrun with 2 processes; --worker is the per-rank entry point).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "bench_runtime.json"
+NPROC = 2
+QUICK = {
+    "steps": 6,
+    "warmup": 2,
+    "block": 2,
+    "dim": 64,
+    "layers": 2,
+    "microbatches": 4,
+    "batch": 8,
+    "seq": 32,
+}
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=30, help="measured steps per system")
+    p.add_argument("--warmup", type=int, default=3, help="unmeasured steps per system first")
+    p.add_argument("--block", type=int, default=5, help="steps per interleaved block")
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--microbatches", type=int, default=4)
+    p.add_argument("--batch", type=int, default=16, help="sequences per step")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--quick", action="store_true", help="tiny config (about a minute)")
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        defaults = p.parse_args([])
+        for key, value in QUICK.items():
+            if getattr(args, key) == getattr(defaults, key):
+                setattr(args, key, value)
+    return args
+
+
+# -- launcher ---------------------------------------------------------------------------------
+def launch(args: argparse.Namespace, argv: list[str]) -> int:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(NPROC),
+        "--monitor-interval=1",
+        str(Path(__file__).resolve()),
+        "--worker",
+        *argv,
+    ]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(args.threads))
+    try:
+        result = subprocess.run(cmd, env=env, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        print(f"bench_runtime: gave up after {args.timeout:.0f} s", file=sys.stderr)
+        return 124
+    if result.returncode == 0:
+        print(f"results: {args.out}")
+    return result.returncode
+
+
+# -- worker -----------------------------------------------------------------------------------
+def log(rank: int, message: str) -> None:
+    if rank == 0:
+        print(f"[bench_runtime {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def build_model(args):
+    from tfcompile.models.llama import Llama, LlamaConfig
+
+    torch.manual_seed(args.seed)
+    cfg = LlamaConfig(
+        vocab_size=256,
+        dim=args.dim,
+        n_layers=args.layers,
+        n_heads=args.heads,
+        n_kv_heads=args.kv_heads,
+        max_seq_len=args.seq,
+    )
+    return Llama(cfg)
+
+
+def torch_stage_module(model, stage: int, cut: int) -> nn.Module:
+    """The same split as tfcompile's split_points=[f"layers.{cut}"], as nn.Sequential."""
+    if stage == 0:
+        return nn.Sequential(model.tok_embeddings, *model.layers[:cut])
+    return nn.Sequential(*model.layers[cut:], model.norm, model.output)
+
+
+class TorchPP:
+    """torch.distributed.pipelining: PipelineStage + Schedule1F1B over the same split."""
+
+    def __init__(self, args, rank: int, world: int, device: torch.device):
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B
+
+        self.model = build_model(args)
+        self.rank, self.world = rank, world
+        self.module = torch_stage_module(self.model, rank, args.layers // 2).to(device)
+        self.names = {id(p): n for n, p in self.model.named_parameters()}
+        self.stage = PipelineStage(self.module, rank, world, device)
+        self.schedule = Schedule1F1B(self.stage, args.microbatches, loss_fn=lm_loss)
+
+    def step(self, x, y) -> float | None:
+        if self.rank == 0:
+            self.schedule.step(x, return_outputs=False)
+            return None
+        if self.rank == self.world - 1:
+            losses: list = []
+            self.schedule.step(target=y, losses=losses, return_outputs=False)
+            return torch.stack([loss.detach() for loss in losses]).mean().item()
+        self.schedule.step(return_outputs=False)
+        return None
+
+    def named_parameters(self):
+        for p in self.module.parameters():
+            yield self.names[id(p)], p
+
+
+def timed_step(fn, device: torch.device) -> tuple[float, object]:
+    dist.barrier()
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, out
+
+
+def drop_grads(params) -> None:
+    for p in params:
+        p.grad = None
+
+
+def grad_rel_err(pipe, peer) -> float:
+    ours = dict(pipe.named_parameters())
+    worst = 0.0
+    for name, p in peer.named_parameters():
+        a, b = ours[name].grad, p.grad
+        if a is None or b is None:
+            return float("inf")
+        err = (a - b).norm().item() / max(b.norm().item(), 1e-30)
+        worst = max(worst, err)
+    return worst
+
+
+def profile_of(pipe, steps: set[int]) -> dict:
+    """Measured profile (ms) from the timer records of the given step indices, all ranks."""
+    from tfcompile.runtime.timers import median_profile
+
+    parts = [p for rec in pipe.timer.records for p in rec if p.step in steps]
+    arrivals = [a for rec in pipe.timer.arrivals for a in rec if a.step in steps]
+    gathered = pipe.all_gather_object((parts, arrivals))
+    all_parts = [p for g in gathered for p in g[0]]
+    all_arrivals = [a for g in gathered for a in g[1]]
+    spans: dict[int, list[float]] = {}
+    for p in all_parts:
+        lo_hi = spans.setdefault(p.step, [p.start, p.end])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], p.start), max(lo_hi[1], p.end)
+    span_ms = statistics.median(1e3 * (hi - lo) for lo, hi in spans.values())
+    profile = median_profile(all_parts, all_arrivals, pipe.num_stages)
+    return {**profile, "span_ms": span_ms, "replay_error_pct": replay_error(pipe, all_parts)}
+
+
+def replay_error(pipe, parts) -> float:
+    """Median over steps of (simulated - measured span) / measured span, where each step is
+    simulated with its own measured per-action times (per microbatch): the error of the
+    schedule model alone, without the aggregation of action times into per-stage medians."""
+    from tfcompile.schedule.simulate import simulate
+
+    S, M = pipe.num_stages, pipe.num_microbatches
+    by_step: dict[int, list] = {}
+    for p in parts:
+        by_step.setdefault(p.step, []).append(p)
+    errors = []
+    for step_parts in by_step.values():
+        table = [[{"F": 0.0, "I": 0.0, "W": 0.0} for _ in range(S)] for _ in range(M)]
+        for p in step_parts:
+            table[p.microbatch][p.stage][p.part] += 1e3 * p.seconds
+        stages = [
+            {k: statistics.median(table[m][s][k] for m in range(M)) for k in ("F", "I", "W")}
+            for s in range(S)
+        ]
+        predicted = simulate(
+            pipe.schedule, {"stages": stages, "comm": 0.0, "unit": "ms", "microbatches": table}
+        ).makespan
+        span = 1e3 * (max(p.end for p in step_parts) - min(p.start for p in step_parts))
+        errors.append(100.0 * (predicted - span) / span)
+    return statistics.median(errors)
+
+
+def worker(args: argparse.Namespace) -> None:
+    import tfcompile
+    from tfcompile.datasets import stdlib_corpus
+    from tfcompile.schedule.simulate import simulate
+
+    torch.set_num_threads(args.threads)
+    world = int(os.environ["WORLD_SIZE"])
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    M = args.microbatches
+    mb = args.batch // M
+    example = torch.zeros(mb, args.seq, dtype=torch.long)
+    started = time.perf_counter()
+    pipe = tfcompile.compile(
+        build_model(args),
+        schedule="1F1B",
+        stages=world,
+        microbatches=M,
+        example_inputs=(example,),
+        loss_fn=lm_loss,
+        example_target=example,
+        split_points=[f"layers.{args.layers // 2}"],
+        device=device,
+    )
+    rank = pipe.rank
+    compile_s = time.perf_counter() - started
+    # keep every step's action times (the default window is 50 steps)
+    pipe.timer.records = deque(maxlen=None)
+    pipe.timer.arrivals = deque(maxlen=None)
+    peer = TorchPP(args, rank, world, device)
+    log(rank, f"tfcompile.compile took {compile_s:.1f} s; device {device}, {dist.get_backend()}")
+
+    corpus = stdlib_corpus(max_bytes=2_000_000)
+    gen = torch.Generator().manual_seed(args.seed + 1)
+    batches = [corpus.batch("train", args.batch, args.seq, gen) for _ in range(8)]
+    batches = [(x.to(device), y.to(device)) for x, y in batches]
+    last = pipe.num_stages - 1
+    frozen_w = {}
+    if last in pipe.local_stages:
+        groups = set(pipe.stage_groups(last))
+        frozen_w = {(last, m): groups for m in range(M)}
+
+    def run_tf(i: int, frozen=None):
+        x, y = batches[i % len(batches)]
+        drop_grads(pipe.parameters())
+        return timed_step(lambda: pipe.step(x, y, frozen=frozen), device)
+
+    def run_torch(i: int):
+        x, y = batches[i % len(batches)]
+        drop_grads(p for _, p in peer.named_parameters())
+        return timed_step(lambda: peer.step(x, y), device)
+
+    # correctness: first step of both on the same batch and the same initial weights
+    _, loss_tf = run_tf(0)
+    _, loss_torch = run_torch(0)
+    gerr = max(pipe.all_gather_object(grad_rel_err(pipe, peer)))
+    losses = [v for v in pipe.all_gather_object((loss_tf, loss_torch)) if v[0] is not None]
+    loss_tf, loss_torch = losses[0]
+    loss_ok = abs(loss_tf - loss_torch) <= 1e-5 * abs(loss_torch)
+    check = {
+        "loss_tfcompile": loss_tf,
+        "loss_torch": loss_torch,
+        "loss_rel_err": abs(loss_tf - loss_torch) / abs(loss_torch),
+        "grad_rel_err": gerr,
+        "passed": bool(loss_ok and gerr <= 1e-4),
+    }
+    log(
+        rank,
+        f"first-step loss: tfcompile {loss_tf:.6f}, torch pipelining {loss_torch:.6f} "
+        f"(rel err {check['loss_rel_err']:.1e}); gradients rel err {gerr:.1e} -> "
+        f"{'OK' if check['passed'] else 'MISMATCH'}",
+    )
+
+    systems = {
+        "tfcompile": lambda i: run_tf(i),
+        "torch": run_torch,
+        "tfcompile_wfrozen": lambda i: run_tf(i, frozen_w),
+    }
+    times: dict[str, list[float]] = {k: [] for k in systems}
+    tf_steps: dict[str, set[int]] = {"tfcompile": set(), "tfcompile_wfrozen": set()}
+    for name, fn in systems.items():
+        log(rank, f"warmup: {name} ({args.warmup} steps)")
+        for i in range(args.warmup):
+            fn(i)
+    done = 0
+    block_index = 0
+    while done < args.steps:
+        n = min(args.block, args.steps - done)
+        for name, fn in systems.items():
+            log(rank, f"block {block_index}: {name} steps {done}..{done + n - 1}")
+            for i in range(done, done + n):
+                if name in tf_steps:
+                    tf_steps[name].add(pipe.step_index)
+                seconds, _ = fn(i)
+                times[name].append(seconds)
+        done += n
+        block_index += 1
+
+    # per step, the slowest rank's time
+    gathered = pipe.all_gather_object(times)
+    step_ms = {
+        name: [1e3 * max(g[name][i] for g in gathered) for i in range(len(times[name]))]
+        for name in times
+    }
+    med = {name: statistics.median(v) for name, v in step_ms.items()}
+
+    prof_none = profile_of(pipe, tf_steps["tfcompile"])
+    prof_frozen = profile_of(pipe, tf_steps["tfcompile_wfrozen"])
+    ratios = {(last, m): 1.0 for m in range(M)}
+    planner_profile = {k: prof_none[k] for k in ("stages", "comm", "unit")}
+    pred_none = simulate(pipe.schedule, planner_profile).makespan
+    pred_frozen = simulate(pipe.schedule, planner_profile, ratios).makespan
+    pred_frozen_measured = simulate(
+        pipe.schedule, {k: prof_frozen[k] for k in ("stages", "comm", "unit")}
+    ).makespan
+    pipe.close()
+    if rank != 0:
+        return
+
+    def err(pred, measured):
+        return 100.0 * (pred - measured) / measured
+
+    result = {
+        "config": {
+            "schedule": "1F1B",
+            "ranks": world,
+            "device": str(device),
+            "backend": dist.get_backend() if dist.is_initialized() else None,
+            "torch": torch.__version__,
+            "threads_per_rank": args.threads,
+            "dim": args.dim,
+            "layers": args.layers,
+            "heads": args.heads,
+            "kv_heads": args.kv_heads,
+            "microbatches": M,
+            "batch": args.batch,
+            "seq": args.seq,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "block": args.block,
+            "split": f"stage 0 = tok_embeddings + layers[:{args.layers // 2}], "
+            f"stage 1 = layers[{args.layers // 2}:] + norm + output",
+            "optimizer_step": False,
+            "timing": "barrier, step, (cuda sync); slowest rank per step; median over steps",
+        },
+        "check": check,
+        "step_ms": step_ms,
+        "median_ms": med,
+        "ratio_tfcompile_vs_torch": med["tfcompile"] / med["torch"],
+        "ratio_wfrozen_vs_none": med["tfcompile_wfrozen"] / med["tfcompile"],
+        "profile_none": prof_none,
+        "profile_wfrozen": prof_frozen,
+        "prediction": {
+            "none": {
+                "predicted_ms": pred_none,
+                "measured_ms": med["tfcompile"],
+                "measured_span_ms": prof_none["span_ms"],
+                "error_pct": err(pred_none, med["tfcompile"]),
+                "error_vs_span_pct": err(pred_none, prof_none["span_ms"]),
+            },
+            "wfrozen_from_unfrozen_profile": {
+                "predicted_ms": pred_frozen,
+                "measured_ms": med["tfcompile_wfrozen"],
+                "measured_span_ms": prof_frozen["span_ms"],
+                "error_pct": err(pred_frozen, med["tfcompile_wfrozen"]),
+                "error_vs_span_pct": err(pred_frozen, prof_frozen["span_ms"]),
+            },
+            "wfrozen_from_frozen_profile": {
+                "predicted_ms": pred_frozen_measured,
+                "measured_ms": med["tfcompile_wfrozen"],
+                "error_pct": err(pred_frozen_measured, med["tfcompile_wfrozen"]),
+            },
+        },
+    }
+    print_table(result)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+
+
+def print_table(r: dict) -> None:
+    c, med = r["config"], r["median_ms"]
+    print()
+    print(
+        f"1F1B, {c['ranks']} ranks, {c['device']} ({c['backend']}), {c['threads_per_rank']} "
+        f"thread(s)/rank; LLaMA dim {c['dim']} x {c['layers']} layers, batch {c['batch']} x "
+        f"seq {c['seq']} in {c['microbatches']} microbatches; {c['steps']} steps each; "
+        "no optimizer step"
+    )
+    rows = [
+        ("torch.distributed.pipelining", "PipelineStage+Schedule1F1B", med["torch"], 1.0),
+        ("tfcompile", "nothing frozen", med["tfcompile"], r["ratio_tfcompile_vs_torch"]),
+        (
+            "tfcompile",
+            "stage 1 W frozen (vs none)",
+            med["tfcompile_wfrozen"],
+            r["ratio_wfrozen_vs_none"],
+        ),
+    ]
+    print(f"{'system':<30} {'config':<28} {'median step ms':>15} {'ratio':>7}")
+    for system, config, ms, ratio in rows:
+        print(f"{system:<30} {config:<28} {ms:>15.2f} {ratio:>7.3f}")
+    print()
+    print(f"{'planner prediction':<40} {'predicted ms':>12} {'measured ms':>12} {'error %':>8}")
+    labels = {
+        "none": "nothing frozen (measured profile)",
+        "wfrozen_from_unfrozen_profile": "W frozen (ratios 1.0, unfrozen profile)",
+        "wfrozen_from_frozen_profile": "W frozen (profile of frozen steps)",
+    }
+    for key, label in labels.items():
+        p = r["prediction"][key]
+        print(
+            f"{label:<40} {p['predicted_ms']:>12.2f} {p['measured_ms']:>12.2f} "
+            f"{p['error_pct']:>+8.1f}"
+        )
+    p = r["prediction"]["none"]
+    print(
+        f"(first action to last action, all ranks: {p['measured_span_ms']:.2f} ms; prediction "
+        f"error against it {p['error_vs_span_pct']:+.1f}%; each step replayed with its own "
+        f"action times, comm 0: {r['profile_none']['replay_error_pct']:+.1f}%)"
+    )
+    ch = r["check"]
+    print(
+        f"first-step loss tfcompile {ch['loss_tfcompile']:.6f} vs torch {ch['loss_torch']:.6f}"
+        f", grad rel err {ch['grad_rel_err']:.1e}: {'passed' if ch['passed'] else 'FAILED'}"
+    )
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    return launch(args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
