@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo demo-stage test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# The main demo: a LLaMA-style byte-level LM on 2 CPU ranks (torchrun, gloo) with TimelyFreeze:
+# warm-up, monitoring, HiGHS plan, ramp, steady state; prints loss and tokens/s and writes the
+# DAG, the planned Gantt chart and the measured-vs-predicted timeline under out/demo/.
 demo: $(STAMP)
+	$(BIN)/python -m torch.distributed.run --standalone --nproc-per-node 2 \
+		examples/train_llama.py --steps 60 --freeze timely --warmup 8 --eval-every 20 \
+		--out out/demo
+
+# The stage compiler alone: regions, FLOPs and measured backward savings of one stage.
+demo-stage: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 test: $(STAMP)
@@ -28,6 +37,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_backward.py
+	$(BIN)/python benchmarks/bench_plan.py
+	$(BIN)/python benchmarks/bench_runtime.py
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check tfcompile tests benchmarks examples
