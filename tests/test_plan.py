@@ -188,3 +188,20 @@ def test_plan_accepts_dag():
     dag = ScheduleDAG(build("1F1B", 3, 6))
     plan = plan_freeze(dag, _profile(3), 0.5)
     assert plan.schedule is dag.schedule
+
+
+def test_planner_warm_start_matches_cold_plans():
+    from tfcompile.schedule.lp import FreezePlanner
+
+    sched = build("1F1B", 4, 16)
+    planner = FreezePlanner(sched, max_freeze_ratio=0.7)
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        stages = [{"F": 2.0 * (1 + 0.03 * rng.uniform(-1, 1)), "I": 2.0, "W": 1.0}
+                  for _ in range(4)]  # fmt: skip
+        prof = CostProfile(stages, 0.1)
+        warm = planner.plan(prof)
+        cold = plan_freeze(sched, prof, max_freeze_ratio=0.7, prune=False)
+        assert warm.stats["warm_start"] is (k > 0)
+        assert warm.makespan == pytest.approx(cold.makespan, rel=1e-7)
+        assert sum(warm.stage_average()) == pytest.approx(sum(cold.stage_average()), abs=1e-6)
