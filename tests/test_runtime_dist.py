@@ -66,3 +66,20 @@ def test_failing_rank_makes_every_rank_exit_with_its_error(tmp_path):
     assert "rank 0 raised PipelineFailure" in output, output[-3000:]
     assert "rank 1 failed: RuntimeError: injected failure on rank 1" in output
     assert not list(tmp_path.glob("rank*.json"))
+
+
+def test_weights_tied_across_ranks_get_the_sum_of_both_uses(tmp_path):
+    """Embedding (stage 0) and LM head (last stage) share one matrix held on two ranks."""
+    result = torchrun(2, tmp_path, "--schedules", "1F1B,ZBV", "--steps", "3", "--tied")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for verdict in verdicts(tmp_path, 2):
+        for schedule, v in verdict.items():
+            assert v["param_rel_err"] <= 1e-5, (schedule, v)
+
+
+def test_ranks_with_different_configs_refuse_to_start(tmp_path):
+    result = torchrun(2, tmp_path, "--schedules", "1F1B", "--mismatch", timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "ranks compiled different pipelines" in output, output[-3000:]
+    assert "microbatches: rank 0 has 4, rank 1 has 8" in output

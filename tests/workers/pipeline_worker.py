@@ -22,9 +22,17 @@ from tfcompile.models.llama import Llama, LlamaConfig
 SCHEDULE_STAGES_PER_RANK = {"ZBV": 2, "Interleaved1F1B": 2}
 
 
-def make_model(seed: int) -> nn.Module:
+def make_model(seed: int, tied: bool = False) -> nn.Module:
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=64, dim=32, n_layers=6, n_heads=4, n_kv_heads=2, max_seq_len=16)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        dim=32,
+        n_layers=6,
+        n_heads=4,
+        n_kv_heads=2,
+        max_seq_len=16,
+        tie_weights=tied,
+    )
     return Llama(cfg)
 
 
@@ -47,11 +55,21 @@ def eager_step(model, x, y, microbatches, frozen_params_of_mb):
     return total
 
 
-def run(schedule: str, microbatches: int, steps: int, with_frozen: bool, fail_rank: int | None):
+def run(
+    schedule: str,
+    microbatches: int,
+    steps: int,
+    with_frozen: bool,
+    fail_rank: int | None,
+    tied: bool = False,
+    mismatch: bool = False,
+):
     world = int(os.environ["WORLD_SIZE"])
     stages = world * SCHEDULE_STAGES_PER_RANK.get(schedule, 1)
-    model = make_model(0)
+    model = make_model(0, tied)
     reference = copy.deepcopy(model)
+    if mismatch and int(os.environ["RANK"]) == 1:
+        microbatches *= 2  # a misconfigured rank: every rank must refuse to start
     batch = 4 * microbatches
     example = torch.zeros(4, 12, dtype=torch.long)
     pipe = tfcompile.compile(
@@ -121,6 +139,8 @@ def main() -> None:
     parser.add_argument("--frozen", action="store_true")
     parser.add_argument("--fail-rank", type=int, default=None)
     parser.add_argument("--timeout", type=float, default=60)
+    parser.add_argument("--tied", action="store_true", help="tie embedding and LM head")
+    parser.add_argument("--mismatch", action="store_true", help="rank 1 differs in config")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -130,7 +150,13 @@ def main() -> None:
     try:
         for schedule in args.schedules.split(","):
             results[schedule] = run(
-                schedule, args.microbatches, args.steps, args.frozen, args.fail_rank
+                schedule,
+                args.microbatches,
+                args.steps,
+                args.frozen,
+                args.fail_rank,
+                args.tied,
+                args.mismatch,
             )
     except tfcompile.TFCompileError as exc:
         print(f"rank {rank} raised {type(exc).__name__}: {exc}", flush=True)
