@@ -378,7 +378,12 @@ def test_hybrid_metric_picks_the_groups(monkeypatch: pytest.MonkeyPatch) -> None
         chosen = pipe.history[-1][(s, 0)]
         # greedy over the stability order: its first group is always chosen (target 5 of 10)
         assert order[0] in chosen
-        assert all(pipe.history[-1][(s, m)] == chosen for m in range(M))
+        # later microbatches absorb the rounding error of earlier ones: the average follows
+        average = sum(
+            sum(float(g[1:]) + 1 for g in pipe.history[-1].get((s, m), ())) / 10 for m in range(M)
+        )
+        assert abs(average / M - 0.5) <= 0.1
+        assert freezer.actual_ratios[s] == pytest.approx(average / M)
 
 
 def _save(freezer: Freezer, pipe: FakePipe) -> bytes:

@@ -42,7 +42,7 @@ from tfcompile.freeze.policies import (
     metric_order,
     normalised_costs,
     random_order,
-    select_by_cost,
+    select_for_stage,
 )
 from tfcompile.freeze.profile import planner_profile, refresh_profile
 
@@ -386,14 +386,17 @@ class Freezer:
         decision = step // self.config.check_every
         frozen: Frozen = {}
         for stage in self.local_stages:
-            for m in range(self.num_microbatches):
-                ratio = self._target(stage, m, step)
-                if ratio <= 0.0 or not self.groups[stage]:
-                    continue
-                order = self._candidate_order(stage, m, decision)
-                chosen = select_by_cost(order, self.costs[stage], ratio)
-                if chosen:
-                    frozen[(stage, m)] = chosen
+            if not self.groups[stage]:
+                continue
+            microbatches = range(self.num_microbatches)
+            targets = [self._target(stage, m, step) for m in microbatches]
+            orders = [self._candidate_order(stage, m, decision) for m in microbatches]
+            chosen = select_for_stage(
+                orders, self.costs[stage], targets, self.config.max_freeze_ratio
+            )
+            for m, groups in zip(microbatches, chosen):
+                if groups:
+                    frozen[(stage, m)] = groups
         return frozen
 
     def _candidate_order(self, stage: int, microbatch: int, decision: int) -> list[str]:

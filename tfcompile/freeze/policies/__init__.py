@@ -14,6 +14,7 @@ from tfcompile.freeze.policies.selection import (
     normalised_costs,
     random_order,
     select_by_cost,
+    select_for_stage,
 )
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "normalised_costs",
     "random_order",
     "select_by_cost",
+    "select_for_stage",
 ]

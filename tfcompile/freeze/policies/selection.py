@@ -24,24 +24,68 @@ def normalised_costs(costs: Mapping[str, float]) -> dict[str, float]:
 
 
 def select_by_cost(
-    order: Sequence[str], costs: Mapping[str, float], ratio: float
+    order: Sequence[str],
+    costs: Mapping[str, float],
+    ratio: float,
+    limit: float | None = None,
 ) -> frozenset[str]:
     """Groups from ``order`` whose summed cost is closest (greedily) to ``ratio`` of the total.
 
-    Zero-cost groups are never picked: freezing them saves no time and only costs accuracy.
+    A group is kept when adding it brings the frozen total closer to the target and, when
+    ``limit`` is given, keeps the frozen fraction at or below ``limit`` (the cap). Zero-cost
+    groups are never picked: freezing them saves no time and only costs accuracy.
     """
     total = sum(costs[g] for g in order)
+    if total <= 0.0:
+        return frozenset()
     target = ratio * total
+    bound = None if limit is None else limit * total * (1.0 + 1e-12)
     chosen: list[str] = []
     acc = 0.0
     for group in order:
         cost = costs[group]
         if cost <= 0.0:
             continue
+        if bound is not None and acc + cost > bound:
+            continue
         if abs(acc + cost - target) < abs(acc - target):
             chosen.append(group)
             acc += cost
     return frozenset(chosen)
+
+
+def select_for_stage(
+    orders: Sequence[Sequence[str]],
+    costs: Mapping[str, float],
+    targets: Sequence[float],
+    cap: float,
+) -> list[frozenset[str]]:
+    """One group set per microbatch of a stage, following the targets on average (error diffusion).
+
+    Groups are coarse: with a few groups per stage the set closest to ``r * total`` can sit
+    far from ``r`` (and above the cap). Each microbatch with a positive target aims at its
+    target plus the shortfall (or minus the excess) carried from the earlier microbatches, so
+    the stage's average actual ratio tracks the average target; the running frozen total never
+    exceeds ``cap`` x the number of microbatches, so the average never exceeds the cap.
+    Microbatches the plan leaves unfrozen (target 0) stay unfrozen: freezing them would cost
+    accuracy without shortening the critical path.
+    """
+    budget = cap * len(targets)
+    carry = 0.0
+    used = 0.0
+    chosen: list[frozenset[str]] = []
+    for order, target in zip(orders, targets, strict=True):
+        if target <= 0.0:
+            chosen.append(frozenset())
+            continue
+        aim = min(max(target + carry, 0.0), 1.0)
+        limit = max(min(1.0, budget - used), 0.0)
+        groups = select_by_cost(order, costs, aim, limit=limit)
+        achieved = frozen_fraction(groups, costs)
+        carry += target - achieved
+        used += achieved
+        chosen.append(groups)
+    return chosen
 
 
 def frozen_fraction(frozen: frozenset[str] | set[str], costs: Mapping[str, float]) -> float:
