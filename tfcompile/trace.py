@@ -121,10 +121,11 @@ def resolve_groups(module: nn.Module, groups: str | Mapping[str, Sequence[str]] 
 
 # ----------------------------------------------------------------------------- program
 class _Spec:
-    __slots__ = ("shape", "dtype")
+    __slots__ = ("shape", "dtype", "device")
 
-    def __init__(self, t: torch.Tensor):
+    def __init__(self, t: torch.Tensor, device: torch.device | None = None):
         self.shape, self.dtype = tuple(t.shape), t.dtype
+        self.device = device if device is not None else t.device
 
 
 class StageProgram:
@@ -283,11 +284,12 @@ class StageProgram:
             if len(grad_outputs) > 1:
                 raise TraceError("the loss stage takes at most one grad_output (the seed)")
             seed = grad_outputs[0] if grad_outputs else None
+            spec = self._tangent_specs[0]
             if seed is None:
-                seed = torch.ones((), dtype=self._tangent_specs[0].dtype)
+                seed = torch.ones((), dtype=spec.dtype, device=spec.device)
             elif not isinstance(seed, torch.Tensor):
-                seed = torch.tensor(float(seed), dtype=self._tangent_specs[0].dtype)
-            return [seed.reshape(()).to(self._tangent_specs[0].dtype)]
+                seed = torch.tensor(float(seed), dtype=spec.dtype, device=spec.device)
+            return [seed.reshape(()).to(dtype=spec.dtype, device=spec.device)]
         flat = list(grad_outputs)
         if len(flat) == 1 and self._n_user > 1 and isinstance(flat[0], (tuple, list)):
             flat = list(flat[0])
@@ -300,7 +302,7 @@ class StageProgram:
         for i, spec in zip(self._tangent_outputs, self._tangent_specs):
             g = flat[i]
             if g is None:
-                g = torch.zeros(spec.shape, dtype=spec.dtype)
+                g = torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device)
             elif tuple(g.shape) != spec.shape:
                 raise TraceError(
                     f"grad_output {i} has shape {tuple(g.shape)}, expected {spec.shape}"
@@ -482,7 +484,13 @@ def trace_stage(
             f"{len(tangent_outputs)} floating-point outputs; make every floating-point output "
             "depend on a parameter or an input that requires grad"
         )
-    tangent_specs = [_Spec(compat.fake_value(t)) for t in tangent_nodes]
+    # fake values carry the device the graph was traced on; prefer the real outputs' device
+    out_devices = [flat_out[i].device for i in tangent_outputs] if not is_loss else []
+    if is_loss:
+        out_devices = [example_inputs[0].device if example_inputs else torch.device("cpu")]
+        if trace_params:
+            out_devices = [trace_params[0].device]
+    tangent_specs = [_Spec(compat.fake_value(t), dev) for t, dev in zip(tangent_nodes, out_devices)]
 
     # --- label backward outputs and split
     param_group = {p: g for g, ps in group_map.items() for p in ps}
