@@ -321,3 +321,15 @@ def test_batchnorm_running_stats_copied_back():
         torch.testing.assert_close(b, rb, msg=f"buffer {n}")
     for (n, p), (_, rp) in zip(m.named_parameters(), ref.named_parameters()):
         assert_close(p.grad, rp.grad, torch.float64, n)
+
+
+def test_input_requires_grad_override():
+    m = nn.Linear(4, 3).double()
+    x = torch.randn(2, 4, dtype=torch.float64)  # no requires_grad on the example
+    assert tfcompile.trace_stage(m, (x,)).input_requires_grad == (False,)
+    prog = tfcompile.trace_stage(m, (x,), input_requires_grad=[True])
+    prog.forward(0, x)
+    (gin,) = prog.backward(0, torch.ones(2, 3, dtype=torch.float64))
+    torch.testing.assert_close(gin, torch.ones(2, 3, dtype=torch.float64) @ m.weight)
+    with pytest.raises(TraceError, match="cannot get a gradient"):
+        tfcompile.trace_stage(nn.Embedding(5, 2), (torch.tensor([1]),), input_requires_grad=[True])

@@ -350,12 +350,14 @@ def trace_stage(
     loss_fn=None,
     example_target: torch.Tensor | None = None,
     groups: str | Mapping[str, Sequence[str]] = "block",
+    input_requires_grad: Sequence[bool] | None = None,
 ) -> StageProgram:
     """Trace `module` (one pipeline stage) into a :class:`StageProgram`.
 
     An input gets a gradient when it is floating point and ``requires_grad`` is set on its
-    example (an activation coming from an earlier stage); integer token ids and inputs without
-    ``requires_grad`` get None, and then the backward stops at the earliest unfrozen group.
+    example (an activation coming from an earlier stage), or when ``input_requires_grad`` (one
+    bool per input) says so; integer token ids and inputs without ``requires_grad`` get None,
+    and then the backward stops at the earliest unfrozen group.
     With ``loss_fn`` (last stage) the loss ``loss_fn(outputs, target)`` is part of the forward
     and must be a scalar; pass ``example_target``.
     """
@@ -422,8 +424,19 @@ def trace_stage(
     trace_buffers = [buffers[n].clone() for n in buffer_names]
     trace_inputs = []
     input_needs_grad = []
-    for x in example_inputs:
-        needs = bool(x.requires_grad and x.is_floating_point())
+    if input_requires_grad is not None and len(input_requires_grad) != n_in:
+        raise TraceError(
+            f"input_requires_grad has {len(input_requires_grad)} entries for {n_in} inputs: "
+            "give one bool per example input"
+        )
+    for i, x in enumerate(example_inputs):
+        wanted = x.requires_grad if input_requires_grad is None else input_requires_grad[i]
+        if wanted and not (x.is_floating_point() or x.is_complex()):
+            raise TraceError(
+                f"input {i} has dtype {x.dtype} and cannot get a gradient: set "
+                "input_requires_grad to False for it"
+            )
+        needs = bool(wanted)
         input_needs_grad.append(needs)
         trace_inputs.append(x.detach().requires_grad_(needs))
     args = [*trace_params, *trace_buffers, *trace_inputs]
