@@ -50,6 +50,19 @@ def _resolve_schedule(schedule, stages: int | None, microbatches: int, ranks: in
     return schedules.build(text, stages, microbatches, ranks=ranks)
 
 
+def _default_ranks(schedule, stages: int | None) -> int:
+    """Pipeline ranks of a single-process run: the schedule's own, else from `stages`."""
+    from tfcompile.schedule.actions import Schedule
+
+    if isinstance(schedule, (str, os.PathLike)) and (
+        os.fspath(schedule).endswith(".csv") or os.path.exists(os.fspath(schedule))
+    ):
+        schedule = Schedule.from_csv(os.fspath(schedule))
+    if isinstance(schedule, Schedule):
+        return schedule.num_ranks
+    return max(1, stages // _stages_per_rank(str(schedule))) if stages else 2
+
+
 def _split_batch(batch, microbatches: int, what: str) -> list[tuple]:
     tensors = batch if isinstance(batch, (tuple, list)) else (batch,)
     chunks_per_tensor = []
@@ -431,8 +444,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     else:
         rank, dev = 0, torch.device(device or "cpu")
         if ranks is None:
-            per_rank = _stages_per_rank(schedule) if isinstance(schedule, str) else 1
-            ranks = stages // per_rank if stages else 2
+            ranks = _default_ranks(schedule, stages)
     pipeline_id = next(_pipeline_ids)
     failure = (
         distributed.failure_signal(f"tfcompile/{pipeline_id}", timeout) if distributed_run else None
