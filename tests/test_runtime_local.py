@@ -218,3 +218,17 @@ def test_model_whose_forward_is_not_a_composition_is_refused():
             loss_fn=lambda o, t: o.sum(),
             example_target=torch.zeros(2),
         )
+
+
+def test_schedule_from_a_torch_format_csv_file(tmp_path):
+    from tfcompile.schedules import build
+
+    path = tmp_path / "zbv.csv"
+    build("ZBV", 4, 4).to_csv(path)
+    model = tiny_llama()
+    reference = copy.deepcopy(model)
+    pipe = compiled(model, str(path), None)
+    assert (pipe.schedule.num_ranks, pipe.num_stages) == (2, 4)
+    inputs, targets = batch(3)
+    loss = pipe.step(inputs, targets)
+    assert loss == pytest.approx(eager_grads(reference, inputs, targets, 4), rel=1e-5)
