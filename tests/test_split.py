@@ -182,3 +182,34 @@ def test_getitem_only_users_of_fused_nodes():
         if node.op == "call_function" and output_mask_index(node.target) is not None:
             owners = {assign.get(u.name) for u in node.users if u.target is operator.getitem}
             assert len(owners) == 1, (node.name, owners)
+
+
+def test_any_frozen_subset_exact_on_first_stage(llama_first_stage):
+    """Random frozen sets (prefix or not) on a stage whose input needs no gradient."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    model, tokens, target, prog = llama_first_stage
+    for p in model.parameters():
+        p.grad = None
+    lm_loss(model(tokens), target).backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    owner = {p: g for g, ps in prog.groups.items() for p in ps}
+
+    @settings(max_examples=12, deadline=None, derandomize=True)
+    @given(st.sets(st.sampled_from(prog.group_order)))
+    def check(frozen):
+        for p in model.parameters():
+            p.grad = None
+        prog.region_calls.clear()
+        prog.forward(0, tokens, target=target)
+        prog.backward_input(0, frozen=frozen)
+        prog.backward_weight(0, frozen=frozen)
+        for n, p in model.named_parameters():
+            if owner[n] in frozen:
+                assert p.grad is None
+            else:
+                torch.testing.assert_close(p.grad, ref[n], rtol=1e-10, atol=1e-12)
+        assert set(prog.region_calls) == set(prog.group_order) - set(frozen)
+
+    check()
