@@ -211,10 +211,32 @@ def profile_of(pipe, steps: set[int]) -> dict:
         lo_hi[0], lo_hi[1] = min(lo_hi[0], p.start), max(lo_hi[1], p.end)
     span_ms = statistics.median(1e3 * (hi - lo) for lo, hi in spans.values())
     profile = median_profile(all_parts, all_arrivals, pipe.num_stages)
-    return {**profile, "span_ms": span_ms, "replay_error_pct": replay_error(pipe, all_parts)}
+    return {
+        **profile,
+        "span_ms": span_ms,
+        "replay_error_pct": replay_error(pipe, all_parts),
+        "replay_error_b_as_iw_pct": replay_error(pipe, all_parts, b_as_i_then_w(pipe.schedule)),
+    }
 
 
-def replay_error(pipe, parts) -> float:
+def b_as_i_then_w(schedule):
+    """The schedule with every B(s, m) written as I(s, m) then W(s, m): how the runtime runs a
+    B action (the input gradient is sent before the weight-gradient work starts)."""
+    from tfcompile.schedule.actions import Action, Schedule
+
+    programs = []
+    for program in schedule.programs:
+        out = []
+        for a in program:
+            if a.kind == "B":
+                out += [Action(a.stage, "I", a.microbatch), Action(a.stage, "W", a.microbatch)]
+            else:
+                out.append(a)
+        programs.append(out)
+    return Schedule(programs, schedule.stage_to_rank, name=f"{schedule.name} (B as I+W)")
+
+
+def replay_error(pipe, parts, schedule=None) -> float:
     """Median over steps of (simulated - measured span) / measured span, where each step is
     simulated with its own measured per-action times (per microbatch): the error of the
     schedule model alone, without the aggregation of action times into per-stage medians."""
@@ -234,7 +256,8 @@ def replay_error(pipe, parts) -> float:
             for s in range(S)
         ]
         predicted = simulate(
-            pipe.schedule, {"stages": stages, "comm": 0.0, "unit": "ms", "microbatches": table}
+            schedule or pipe.schedule,
+            {"stages": stages, "comm": 0.0, "unit": "ms", "microbatches": table},
         ).makespan
         span = 1e3 * (max(p.end for p in step_parts) - min(p.start for p in step_parts))
         errors.append(100.0 * (predicted - span) / span)
@@ -360,6 +383,9 @@ def worker(args: argparse.Namespace) -> None:
     pred_frozen_measured = simulate(
         pipe.schedule, {k: prof_frozen[k] for k in ("stages", "comm", "unit")}
     ).makespan
+    split_sched = b_as_i_then_w(pipe.schedule)
+    pred_none_iw = simulate(split_sched, planner_profile).makespan
+    pred_frozen_iw = simulate(split_sched, planner_profile, ratios).makespan
     pipe.close()
     if rank != 0:
         return
@@ -412,6 +438,16 @@ def worker(args: argparse.Namespace) -> None:
                 "error_pct": err(pred_frozen, med["tfcompile_wfrozen"]),
                 "error_vs_span_pct": err(pred_frozen, prof_frozen["span_ms"]),
             },
+            "none_b_as_iw": {
+                "predicted_ms": pred_none_iw,
+                "measured_ms": med["tfcompile"],
+                "error_pct": err(pred_none_iw, med["tfcompile"]),
+            },
+            "wfrozen_b_as_iw": {
+                "predicted_ms": pred_frozen_iw,
+                "measured_ms": med["tfcompile_wfrozen"],
+                "error_pct": err(pred_frozen_iw, med["tfcompile_wfrozen"]),
+            },
             "wfrozen_from_frozen_profile": {
                 "predicted_ms": pred_frozen_measured,
                 "measured_ms": med["tfcompile_wfrozen"],
@@ -448,23 +484,26 @@ def print_table(r: dict) -> None:
     for system, config, ms, ratio in rows:
         print(f"{system:<30} {config:<28} {ms:>15.2f} {ratio:>7.3f}")
     print()
-    print(f"{'planner prediction':<40} {'predicted ms':>12} {'measured ms':>12} {'error %':>8}")
+    print(f"{'planner prediction':<44} {'predicted ms':>12} {'measured ms':>12} {'error %':>8}")
     labels = {
         "none": "nothing frozen (measured profile)",
         "wfrozen_from_unfrozen_profile": "W frozen (ratios 1.0, unfrozen profile)",
         "wfrozen_from_frozen_profile": "W frozen (profile of frozen steps)",
+        "none_b_as_iw": "nothing frozen, B simulated as I then W",
+        "wfrozen_b_as_iw": "W frozen, B simulated as I then W",
     }
     for key, label in labels.items():
         p = r["prediction"][key]
         print(
-            f"{label:<40} {p['predicted_ms']:>12.2f} {p['measured_ms']:>12.2f} "
+            f"{label:<44} {p['predicted_ms']:>12.2f} {p['measured_ms']:>12.2f} "
             f"{p['error_pct']:>+8.1f}"
         )
     p = r["prediction"]["none"]
     print(
         f"(first action to last action, all ranks: {p['measured_span_ms']:.2f} ms; prediction "
         f"error against it {p['error_vs_span_pct']:+.1f}%; each step replayed with its own "
-        f"action times, comm 0: {r['profile_none']['replay_error_pct']:+.1f}%)"
+        f"action times, comm 0: {r['profile_none']['replay_error_pct']:+.1f}%, with B as I "
+        f"then W: {r['profile_none']['replay_error_b_as_iw_pct']:+.1f}%)"
     )
     ch = r["check"]
     print(
