@@ -5,6 +5,7 @@ Runs on several processes or one:
 
     torchrun --nproc-per-node 2 examples/train_llama.py --steps 200 --freeze timely
     python examples/train_llama.py --ranks 2 --steps 50          # all stages in one process
+    ... --save ckpt --stop-at 30, then ... --resume ckpt          # checkpoint and resume
 
 Prints loss and tokens/s as it goes and writes, under --out: the step log (CSV) and its plots,
 the measured-vs-predicted timeline (Chrome trace: open in https://ui.perfetto.dev), the
@@ -14,15 +15,18 @@ schedule DAG (DOT/SVG) and a Gantt picture of the planned step.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
+import statistics
 from pathlib import Path
 
 import torch
 from torch import nn
 
 import tfcompile
+from tfcompile.checkpoint import load_checkpoint, save_checkpoint
 from tfcompile.datasets import stdlib_corpus
 from tfcompile.freeze.steplog import StepLog
 from tfcompile.models.llama import Llama, LlamaConfig
@@ -61,6 +65,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/llama")
+    p.add_argument("--no-dumps", action="store_true", help="skip the trace/DAG/Gantt dumps")
+    p.add_argument("--no-plots", action="store_true", help="skip the step-log plots")
+    p.add_argument("--tensorboard", default=None, help="also log to this TensorBoard dir")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    p.add_argument(
+        "--save", default=None, help="checkpoint path (directory, or a file name with {rank})"
+    )
+    p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
+    p.add_argument("--resume", default=None, help="checkpoint to resume from")
+    p.add_argument(
+        "--stop-at", type=int, default=None, help="stop after this step (simulates a crash)"
+    )
     return p.parse_args(argv)
 
 
@@ -78,6 +94,7 @@ def freeze_config(args) -> tfcompile.FreezeConfig | None:
         grad=args.grad,
         seed=args.seed,
         total_steps=args.steps,
+        autofreeze_every=unit,
     )
 
 
@@ -111,15 +128,20 @@ def write_dumps(pipe, out: Path) -> None:
     pipe.schedule.to_csv(out / "schedule.csv")
 
 
+@functools.lru_cache(maxsize=1)
+def _corpus():
+    return stdlib_corpus()  # cached: the benchmark runs several trainings in one process
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     last_rank = int(os.environ.get("RANK", "0")) == world - 1  # prints the controller's news
     logging.basicConfig(level=logging.INFO if last_rank else logging.WARNING, format="%(message)s")
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    corpus = stdlib_corpus()
+    corpus = _corpus()
     torch.manual_seed(args.seed)
     cfg = LlamaConfig(
         vocab_size=256,
@@ -159,15 +181,31 @@ def main(argv=None) -> dict:
     val_gen = torch.Generator().manual_seed(12345)
     val = [corpus.batch("val", args.batch, args.seq, val_gen) for _ in range(args.val_batches)]
     optimizer = torch.optim.AdamW(pipe.parameters(), lr=args.lr, weight_decay=0.0)
+    start = 0
+    if args.resume:
+        load_checkpoint(args.resume, pipe, optimizer, extra={"data": gen})
+        start = pipe.step_index
+        if speaker:
+            print(f"resumed from {args.resume} at step {start}")
     warm = max(1, args.steps // 10)
     lr_lambda = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / args.steps))
     tokens = args.batch * args.seq
-    with StepLog(out / f"steps_rank{pipe.rank}.csv", items_per_step=tokens) as steplog:
+    stop = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
+
+    def on_step_end(step: int) -> None:
+        done = step + 1
+        if args.save and (done == stop or (args.save_every and done % args.save_every == 0)):
+            save_checkpoint(args.save, pipe, optimizer, extra={"data": gen})
+
+    log_name = f"steps_rank{pipe.rank}" + (f"_from{start}" if start else "") + ".csv"
+    with StepLog(
+        out / log_name, items_per_step=tokens, tensorboard_dir=args.tensorboard
+    ) as steplog:
         result = train(
             pipe,
             optimizer,
             lambda step: corpus.batch("train", args.batch, args.seq, gen),
-            args.steps,
+            stop,
             items_per_step=tokens,
             item_name="tok",
             val_batches=val,
@@ -175,25 +213,105 @@ def main(argv=None) -> dict:
             log_every=args.log_every,
             steplog=steplog,
             lr_lambda=lr_lambda,
+            start_step=start,
+            on_step_end=on_step_end,
         )
-        if speaker:
+        if speaker and not args.no_plots:
             steplog.plot(out)
-    write_dumps(pipe, out)
-    tail = max(1, args.steps // 4)
-    summary = {
-        "median_step_s": result.median_step_seconds(tail),
-        "tokens_per_s": tokens / result.median_step_seconds(tail),
-        "val_loss": result.val[-1][2] if result.val else None,
-        "train_seconds": sum(result.step_seconds),
-    }
+    if not args.no_dumps:
+        write_dumps(pipe, out)
+    summary = summarise(pipe, result, args, start, stop, tokens)
     if speaker:
         print(
-            f"done: {args.steps} steps, median step {1e3 * summary['median_step_s']:.1f} ms "
-            f"(last {tail} steps), {summary['tokens_per_s']:.0f} tok/s, val loss "
-            f"{summary['val_loss']:.4f}; dumps in {out}/"
+            f"done: steps {start}-{stop - 1}, median step {1e3 * summary['median_step_s']:.1f} "
+            f"ms (last {summary['tail_steps']} steps), {summary['tokens_per_s']:.0f} tok/s, "
+            f"val loss {summary['val_loss']:.4f}; out: {out}/"
         )
     pipe.close()
     return summary
+
+
+def summarise(pipe, result, args, start: int, stop: int, tokens: int) -> dict:
+    """What a run reports (the same on every rank: per-stage values are gathered).
+
+    ``steady_from``: the first step of the freezing steady state (a quarter from the end
+    without a planned policy); medians and mean ratios are taken over steps from there.
+    """
+    freezer = pipe.freezer
+    cfg = freezer.config if freezer is not None else None
+    if cfg is not None and cfg.uses_plan:
+        steady_from = cfg.planning_steps + cfg.ramp_steps
+    else:
+        steady_from = stop - max(1, (stop - start) // 4)
+    steady_from = min(max(steady_from, start), stop - 1)
+    offset = steady_from - start
+    steady = result.step_seconds[offset:]
+    tail = len(steady)
+    local_ratios = {
+        s: statistics.fmean(r.get(s, 0.0) for r in result.ratios[offset:]) if tail else 0.0
+        for s in pipe.local_stages
+    }
+    local_all = {
+        s: statistics.fmean(r.get(s, 0.0) for r in result.ratios) if result.ratios else 0.0
+        for s in pipe.local_stages
+    }
+    gathered = pipe.all_gather_object((local_ratios, local_all, result.spans, result.ratios))
+    steady_ratio = {s: v for part in gathered for s, v in part[0].items()}
+    run_ratio = {s: v for part in gathered for s, v in part[1].items()}
+    # pipeline step time: first action start to last action end over all ranks (no optimizer)
+    pipe_seconds = [
+        max(spans[i][1] for spans in (part[2] for part in gathered))
+        - min(spans[i][0] for spans in (part[2] for part in gathered))
+        for i in range(len(result.spans))
+    ]
+    plan = None
+    if freezer is not None and freezer.plan is not None:
+        p = freezer.plan
+        plan = {
+            "makespan_ms": float(p.makespan),
+            "baseline_makespan_ms": float(p.baseline_makespan),
+            "predicted_gain": float(p.baseline_makespan) / float(p.makespan)
+            if float(p.makespan) > 0
+            else None,
+            "stage_ratio": freezer._mean_plan_ratios(),
+            "replans": freezer.replans,
+        }
+    median = statistics.median(steady) if steady else float("nan")
+    return {
+        "schedule": pipe.schedule.name,
+        "stages": pipe.num_stages,
+        "ranks": pipe.schedule.num_ranks,
+        "policy": args.freeze,
+        "grad": args.grad,
+        "steps": stop,
+        "start_step": start,
+        "steady_from": steady_from,
+        "tail_steps": tail,
+        "median_step_s": median,
+        "tokens_per_s": tokens / median,
+        "tokens_per_step": tokens,
+        "val_loss": result.val[-1][2] if result.val else None,
+        "val_curve": [list(v) for v in result.val],  # (step, training seconds, loss)
+        "train_seconds": sum(result.step_seconds),
+        "wall_seconds": result.wall_seconds,
+        "step_seconds": list(result.step_seconds),
+        "pipe_step_seconds": pipe_seconds,
+        "median_pipe_step_s": statistics.median(pipe_seconds[offset:]) if tail else None,
+        "losses": list(result.losses),
+        "phases": list(result.phases),
+        "steady_ratio": [steady_ratio[s] for s in sorted(steady_ratio)],
+        "mean_ratio": statistics.fmean(steady_ratio.values()) if steady_ratio else 0.0,
+        "run_ratio": [run_ratio[s] for s in sorted(run_ratio)],
+        "plan": plan,
+        # actual freeze ratio per step, one value per stage (all ranks)
+        "ratios_per_step": [
+            [
+                next((part[3][i][s] for part in gathered if s in part[3][i]), 0.0)
+                for s in range(pipe.num_stages)
+            ]
+            for i in range(len(result.ratios))
+        ],
+    }
 
 
 if __name__ == "__main__":

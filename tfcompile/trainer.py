@@ -25,6 +25,8 @@ class TrainResult:
     val: list[tuple[int, float, float]] = field(default_factory=list)  # (step, train s, loss)
     ratios: list[dict[int, float]] = field(default_factory=list)
     phases: list[str] = field(default_factory=list)
+    # (first action start, last action end) of each step on this rank, pipeline timer clock
+    spans: list[tuple[float, float]] = field(default_factory=list)
 
     def median_step_seconds(self, last: int | None = None) -> float:
         values = self.step_seconds[-last:] if last else self.step_seconds
@@ -87,6 +89,7 @@ def train(
         optimizer.step()
         seconds = time.perf_counter() - t0
         result.step_seconds.append(seconds)
+        result.spans.append(_span(pipe))
         if loss is not None:
             result.losses.append(loss)
         freezer = pipe.freezer
@@ -119,3 +122,11 @@ def train(
     evaluate(steps)
     result.wall_seconds = time.perf_counter() - start
     return result
+
+
+def _span(pipe) -> tuple[float, float]:
+    timer = getattr(pipe, "timer", None)
+    parts = timer.last_step() if timer is not None else None
+    if not parts:
+        return (float("nan"), float("nan"))
+    return (min(p.start for p in parts), max(p.end for p in parts))
