@@ -2,10 +2,12 @@
 
 Stage: 4 LlamaBlocks (a middle pipeline stage: its input is an activation that needs a
 gradient), float32 on CPU. Rows: eager backward; ours with nothing frozen; ours with the groups
-frozen whose FLOP share reaches 25/50/75/100%. For every row: median backward time (forward
-excluded), ratio to eager, time saved vs ours-unfrozen, the frozen regions' measured share of the
-backward ("expected" saving) and saved/expected. Peak memory of one forward+backward is measured
-with the torch profiler's allocation events (bytes above the level before the forward).
+frozen whose FLOP share reaches 25/50/75/100%. Configurations are measured round-robin. For
+every row: median backward time (forward excluded); ratio to eager (of medians, of best times,
+and the median of per-round paired ratios, the most robust on a shared machine); time saved vs
+ours-unfrozen; the frozen regions' measured share of the backward ("expected" saving) and
+saved/expected. Peak memory of one forward+backward is measured with the torch profiler's
+allocation events (bytes above the level before the forward).
 A second table does the same for a first stage (token embedding + blocks, integer inputs), where
 freezing front-to-back also truncates the backward at the earliest unfrozen group.
 
@@ -154,6 +156,11 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
                     region_ms[g].append(1e3 * prog.last_times[g])
     med = {k: 1e3 * statistics.median(v) for k, v in samples.items()}
     best = {k: 1e3 * min(v) for k, v in samples.items()}
+    # paired ratio: each round measures every configuration back to back, so the median of the
+    # per-round ratios cancels slow drifts of machine load
+    paired = {
+        k: statistics.median(a / b for a, b in zip(v, samples["eager"])) for k, v in samples.items()
+    }
     region_med = {g: statistics.median(v) for g, v in region_ms.items()}
 
     # memory: one forward + backward each
@@ -184,6 +191,7 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
             "vs_eager": med[k] / med["eager"],
             "best_ms": best[k],
             "best_vs_eager": best[k] / best["eager"],
+            "paired_vs_eager": paired[k],
         }
         if k.startswith("ours_"):
             f = int(k.split("_")[1]) / 100
@@ -213,6 +221,7 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
     )
     print(
         f"{'config':10s} {'median ms':>10s} {'/eager':>7s} {'best ms':>8s} {'/eager':>7s} "
+        f"{'paired':>7s} "
         f"{'frozen W FLOPs':>14s} {'of bw FLOPs':>11s} {'saved':>7s} {'regions share':>13s} "
         f"{'saved/expected':>14s}"
     )
@@ -226,7 +235,7 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
             )
         print(
             f"{r['config']:10s} {r['median_ms']:>10.1f} {r['vs_eager']:>7.3f} "
-            f"{r['best_ms']:>8.1f} {r['best_vs_eager']:>7.3f}{extra}"
+            f"{r['best_ms']:>8.1f} {r['best_vs_eager']:>7.3f} {r['paired_vs_eager']:>7.3f}{extra}"
         )
     print(
         f"peak memory of forward+backward: eager {mem['eager'] / 2**20:.1f} MiB, "
