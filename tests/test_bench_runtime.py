@@ -45,7 +45,9 @@ def test_bench_runtime_quick_writes_results(tmp_path):
         assert data["median_ms"][name] > 0
     assert set(data["prediction"]) == {
         "none",
+        "none_b_as_iw",
         "wfrozen_from_unfrozen_profile",
+        "wfrozen_b_as_iw",
         "wfrozen_from_frozen_profile",
     }
     for row in data["prediction"].values():
