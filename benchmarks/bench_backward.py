@@ -6,8 +6,8 @@ frozen whose FLOP share reaches 25/50/75/100%. Configurations are measured round
 every row: median backward time (forward excluded); ratio to eager (of medians, of best times,
 and the median of per-round paired ratios, the most robust on a shared machine); time saved vs
 ours-unfrozen; the frozen regions' measured share of the backward ("expected" saving) and
-saved/expected. Peak memory of one forward+backward is measured with the torch profiler's
-allocation events (bytes above the level before the forward).
+saved/expected. Peak memory of one forward+backward: bytes in use by malloc above the level
+before the forward, sampled after every aten op (glibc mallinfo2 in a TorchDispatchMode).
 A second table does the same for a first stage (token embedding + blocks, integer inputs), where
 freezing front-to-back also truncates the backward at the earliest unfrozen group.
 
@@ -18,6 +18,7 @@ Usage: python benchmarks/bench_backward.py [--dim 512] [--reps 15] [--quick]
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -56,25 +57,49 @@ def _median_ms(fn, reps: int, warmup: int = 2) -> float:
     return 1e3 * statistics.median(ts)
 
 
-def _peak_bytes(fn) -> int:
-    """Peak bytes allocated above the starting level while fn runs (CPU allocator events)."""
-    from torch.profiler import ProfilerActivity, profile
+def _malloc_in_use():
+    """Bytes in use by glibc malloc (heap + mmap'd blocks), or None off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in fields.split()]
+
+        libc.mallinfo2.restype = MallInfo2
+    except (OSError, AttributeError):
+        return None
+
+    def in_use() -> int:
+        mi = libc.mallinfo2()
+        return mi.uordblks + mi.hblkhd
+
+    return in_use
+
+
+def _peak_bytes(fn) -> int:
+    """Peak bytes allocated above the level before fn, sampled after every aten op (a
+    TorchDispatchMode reading glibc's mallinfo2; it sees eager autograd's backward ops too)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    in_use = _malloc_in_use()
+    if in_use is None:
+        return -1
+
+    class Peak(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.base = in_use()
+            self.peak = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            self.peak = max(self.peak, in_use() - self.base)
+            return out
+
+    with Peak() as p:
         fn()
-    # allocations are attributed to the op that made them (self memory); frees outside any op
-    # show up as "[memory]" events
-    events = []
-    for e in prof.events():
-        d = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
-        if d:
-            events.append((e.time_range.start, d))
-    events.sort()
-    cur = peak = 0
-    for _, d in events:
-        cur += d
-        peak = max(peak, cur)
-    return peak
+    return p.peak
 
 
 def freeze_sets(prog, fractions):
@@ -179,7 +204,14 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
         prog.forward(0, x, target=tgt)
         prog.backward(0, *(() if loss else (gout,)))
 
-    mem = {"eager": _peak_bytes(eager_fb), "ours": _peak_bytes(ours_fb)}
+    eager_fb()
+    ours_fb()
+    for p in params:
+        p.grad = None
+    mem = {"eager": _peak_bytes(eager_fb)}
+    for p in params:
+        p.grad = None
+    mem["ours"] = _peak_bytes(ours_fb)
 
     rows = []
     base = med["ours"]

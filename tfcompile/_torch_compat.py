@@ -128,3 +128,16 @@ def mutated_input_indices(fw_gm: fx.GraphModule) -> list[int] | None:
                 return None
             idx.append(inner.idx)
     return idx
+
+
+def make_boxed(gm: fx.GraphModule) -> bool:
+    """Switch `gm` to the boxed calling convention (``gm([a, b, ...])``: the generated code takes
+    one list and clears it), so inputs can be freed at their last use inside the graph instead of
+    living until the call returns. Returns False (gm unchanged) where torch lacks it."""
+    try:
+        from torch.fx.graph import _BoxedCodeGen
+    except ImportError:
+        return False
+    gm.graph.set_codegen(_BoxedCodeGen())
+    gm.recompile()
+    return True

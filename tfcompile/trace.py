@@ -213,17 +213,21 @@ class StageProgram:
         unfrozen = [g for g in self.group_order if g not in frozen]
         k = self.group_order.index(unfrozen[0]) if unfrozen else len(self.group_order)
         region = self.split.input_variant(k)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            outs = region.gm(*[env[n] for n in region.inputs])
-        self.last_times = {INPUT: time.perf_counter() - t0}
-        n_in = len(self.split.input_grads)
-        env.update(zip(region.outputs[n_in:], outs[n_in:]))
-        # keep only what the unfrozen regions read
+        args = [env[n] for n in region.inputs]
+        # keep only what the unfrozen regions read; the rest is freed inside the graph at its
+        # last use (boxed calling convention), as eager autograd frees saved tensors
         keep = set()
         for g in unfrozen:
             keep.update(self.split.regions[g].inputs)
-        st["env"] = {n: v for n, v in env.items() if n in keep}
+        env = {n: v for n, v in env.items() if n in keep}
+        st["env"] = env
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            outs = region.run(args)
+        del args
+        self.last_times = {INPUT: time.perf_counter() - t0}
+        n_in = len(self.split.input_grads)
+        env.update((n, v) for n, v in zip(region.outputs[n_in:], outs[n_in:]) if n in keep)
         st["stage"] = "I"
         st["frozen"] = frozen
         grads: list[torch.Tensor | None] = [None] * len(self._input_specs)
@@ -249,13 +253,15 @@ class StageProgram:
             with torch.no_grad():
                 for g in todo:
                     region = self.split.regions[g]
-                    t0 = time.perf_counter()
-                    outs = region.gm(*[env[n] for n in region.inputs])
-                    self.region_calls[g] += 1
-                    for n in region.inputs:
+                    args = [env[n] for n in region.inputs]
+                    for n in region.inputs:  # last reader: let the region free it early
                         remaining[n] -= 1
                         if remaining[n] == 0:
                             env.pop(n, None)
+                    t0 = time.perf_counter()
+                    outs = region.run(args)
+                    del args
+                    self.region_calls[g] += 1
                     for pname, grad in zip(self._region_params[g], outs):
                         _accumulate(self._params[pname], grad)
                     self.last_times[g] = time.perf_counter() - t0

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import torch.fx as fx
 
-from tfcompile._torch_compat import output_mask_index
+from tfcompile._torch_compat import make_boxed, output_mask_index
 
 INPUT = "input"
 
@@ -52,6 +52,11 @@ class Region:
     inputs: list[str]  # names of values (backward placeholders or stash) it reads, in order
     outputs: list[str]  # names of the values it returns, in order
     nodes: list[str]  # names of the backward-graph nodes it computes
+    boxed: bool = False  # gm takes one list of inputs and clears it (frees inputs early)
+
+    def run(self, args: list):
+        """Call the region with its inputs in `args` (a list the call may clear)."""
+        return self.gm(args) if self.boxed else self.gm(*args)
 
 
 @dataclass
@@ -174,12 +179,14 @@ def _extract(
             computed.append(n.name)
     g.output(tuple(env[o] for o in outputs))
     gm = fx.GraphModule(src, g)
+    boxed = make_boxed(gm)
     return Region(
         name=name,
         gm=gm,
         inputs=[i.name for i in inputs],
         outputs=[o.name for o in outputs],
         nodes=computed,
+        boxed=boxed,
     )
 
 
