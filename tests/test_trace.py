@@ -1,5 +1,6 @@
 """trace_stage: gradients equal eager autograd, freezing, accumulation, multi-stage, errors."""
 
+import functools
 import itertools
 
 import pytest
@@ -13,6 +14,16 @@ from tfcompile.models import Llama
 from tfcompile.models.stages import STAGE_NAMES, build_stage, llama_config, lm_loss, split_llama
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+
+
+@functools.cache
+def traced(name, dtype=torch.float64):
+    """(case, program) per model, traced once per test session (tests reset .grad)."""
+    case = build_stage(name, dtype)
+    prog = tfcompile.trace_stage(
+        case.module, case.inputs, loss_fn=case.loss_fn, example_target=case.target
+    )
+    return case, prog
 
 
 def eager_step(case, inputs, target, grad_out_seed=0):
@@ -43,10 +54,9 @@ def assert_close(a, b, dtype, what):
     [(n, torch.float64) for n in STAGE_NAMES] + [("llama_block", torch.float32)],
 )
 def test_matches_eager_nothing_frozen(name, dtype):
-    case = build_stage(name, dtype)
-    prog = tfcompile.trace_stage(
-        case.module, case.inputs, loss_fn=case.loss_fn, example_target=case.target
-    )
+    case, prog = traced(name, dtype)
+    case.module.zero_grad(set_to_none=True)
+    prog.region_calls.clear()
     out_e, gin_e, gouts = eager_step(case, case.inputs, case.target)
     grads_e = grads_of(case.module)
     case.module.zero_grad(set_to_none=True)
@@ -77,10 +87,8 @@ def _subsets(groups, limit=6):
 @pytest.mark.parametrize("name", STAGE_NAMES)
 def test_frozen_subsets_leave_grad_untouched(name):
     dtype = torch.float64
-    case = build_stage(name, dtype)
-    prog = tfcompile.trace_stage(
-        case.module, case.inputs, loss_fn=case.loss_fn, example_target=case.target
-    )
+    case, prog = traced(name, dtype)
+    case.module.zero_grad(set_to_none=True)
     _, gin_e, gouts = eager_step(case, case.inputs, case.target)
     grads_e = grads_of(case.module)
     owner = {p: g for g, ps in prog.groups.items() for p in ps}
@@ -107,10 +115,8 @@ def test_frozen_subsets_leave_grad_untouched(name):
 @pytest.mark.parametrize("name", ["llama_block", "embed_tied_head", "convnext_block"])
 def test_accumulation_over_microbatches(name):
     dtype = torch.float64
-    case = build_stage(name, dtype)
-    prog = tfcompile.trace_stage(
-        case.module, case.inputs, loss_fn=case.loss_fn, example_target=case.target
-    )
+    case, prog = traced(name, dtype)
+    case.module.zero_grad(set_to_none=True)
     mbs = [case.make_inputs(seed) for seed in range(3)]
     gouts_all, gins_e = [], []
     for i, (xs, t) in enumerate(mbs):
@@ -207,10 +213,8 @@ def test_groups_tensor_and_dict_and_tied_weight():
 
 
 def test_loss_seed_scales_gradients():
-    case = build_stage("embed_tied_head")
-    prog = tfcompile.trace_stage(
-        case.module, case.inputs, loss_fn=case.loss_fn, example_target=case.target
-    )
+    case, prog = traced("embed_tied_head")
+    case.module.zero_grad(set_to_none=True)
     eager_step(case, case.inputs, case.target)
     g_e = grads_of(case.module)
     case.module.zero_grad(set_to_none=True)
