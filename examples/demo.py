@@ -19,7 +19,7 @@ from tfcompile.models import Llama, LlamaConfig
 from tfcompile.models.stages import lm_loss
 
 OUT = Path("out")
-REPS = 5
+REPS = 9
 
 
 def measure(prog, tokens, target, configs: dict[str, frozenset]) -> tuple[dict, dict]:
