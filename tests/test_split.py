@@ -120,6 +120,7 @@ def test_frozen_prefix_truncates_backward(llama_first_stage):
     assert flops[1] <= flops[0]
     assert flops[2] < flops[1] and flops[3] < flops[2] and flops[4] < flops[3]
     assert flops[-1] == 0  # everything frozen, no input gradient: nothing at all runs
+    assert prog.precompile() is prog and len(prog.split._variants) == len(order) + 1
     nodes = [set(prog.split.input_variant(k).nodes) for k in range(len(order) + 1)]
     for a, b in zip(nodes, nodes[1:]):
         assert b <= a

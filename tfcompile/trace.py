@@ -274,6 +274,13 @@ class StageProgram:
         self.backward_weight(mb, frozen=frozen)
         return grads
 
+    def precompile(self) -> StageProgram:
+        """Build every backward_input variant now (they are otherwise built on first use), so
+        the first steps are not slowed by it. Returns self."""
+        for k in range(len(self.group_order) + 1):
+            self.split.input_variant(k)
+        return self
+
     def release(self, mb: int | None = None) -> None:
         """Drop kept state of `mb` (all microbatches when None) without computing gradients."""
         if mb is None:

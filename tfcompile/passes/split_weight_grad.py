@@ -23,7 +23,8 @@ input gradients plus only the stash values that the regions of groups ``group_or
 (token ids) and whose first ``k`` groups (in forward order) are frozen, variant ``k`` stops the
 backward at the earliest unfrozen group: nothing below it is computed. Variants are built lazily
 on first use and cached (at most ``len(group_order) + 1`` of them), which is equivalent to
-precompiling all of them but costs nothing for variants a run never uses. For an arbitrary
+precompiling all of them but costs nothing for variants a run never uses
+(``StageProgram.precompile()`` builds them all up front). For an arbitrary
 frozen set the runtime picks the variant of its earliest unfrozen group (a superset of what the
 unfrozen regions need; groups frozen after it cost nothing in their regions).
 
