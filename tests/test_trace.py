@@ -337,3 +337,14 @@ def test_input_requires_grad_override():
     torch.testing.assert_close(gin, torch.ones(2, 3, dtype=torch.float64) @ m.weight)
     with pytest.raises(TraceError, match="cannot get a gradient"):
         tfcompile.trace_stage(nn.Embedding(5, 2), (torch.tensor([1]),), input_requires_grad=[True])
+
+
+def test_input_modified_in_place_is_detected():
+    m = nn.Linear(4, 3).double()
+    x = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    prog = tfcompile.trace_stage(m, (x,))
+    buf = torch.randn(2, 4, dtype=torch.float64)
+    prog.forward(0, buf)
+    buf.add_(1.0)  # e.g. a receive buffer reused for the next microbatch
+    with pytest.raises(tfcompile.RuntimeConfigError, match="modified in place"):
+        prog.backward_input(0, torch.ones(2, 3, dtype=torch.float64))

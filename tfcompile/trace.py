@@ -194,7 +194,9 @@ class StageProgram:
         user = outs[n_mut : n_mut + self._n_user]
         saved = outs[n_mut + self._n_user :]
         env = dict(zip(self._saved_names, saved))
-        self._state[mb] = {"env": env, "stage": "F"}
+        # like eager autograd, detect saved inputs modified in place before the backward
+        versions = [(i, x, x._version) for i, x in enumerate(inputs) if isinstance(x, torch.Tensor)]
+        self._state[mb] = {"env": env, "stage": "F", "versions": versions}
         result = pytree.tree_unflatten(list(user), self._out_spec)
         return result
 
@@ -207,6 +209,12 @@ class StageProgram:
                 f"backward_input({mb}) needs a preceding forward({mb}) and no earlier "
                 "backward_input for it"
             )
+        for i, x, v in st["versions"]:
+            if x._version != v:
+                raise RuntimeConfigError(
+                    f"input {i} of microbatch {mb} was modified in place after forward({mb}); "
+                    "the backward needs it unchanged: pass a fresh tensor (or a clone) to forward"
+                )
         env = st["env"]
         tangents = self._tangents(grad_outputs)
         env.update(zip(self._tangent_names, tangents))
