@@ -213,3 +213,20 @@ def test_cross_rank_deadlock_names_first_action():
 def test_missing_csv_file():
     with pytest.raises(ScheduleError, match="not found"):
         Schedule.from_csv("/nonexistent/schedule.csv")
+
+
+def test_split_backward_form_keeps_keys_and_shortens_upstream_waits():
+    """B written as I then W: same (stage, microbatch) keys, upstream waits on I only."""
+    from tfcompile.schedule.actions import validate_schedule
+    from tfcompile.schedule.simulate import simulate
+
+    sched = build("1F1B", 4, 8)
+    split = sched.with_split_backward()
+    validate_schedule(split)
+    assert split.stage_to_rank == sched.stage_to_rank
+    assert {(a.stage, a.microbatch) for a in split.actions() if a.kind == "W"} == {
+        (a.stage, a.microbatch) for a in sched.actions() if a.kind == "B"
+    }
+    profile = {"stages": [{"F": 10.0, "I": 10.0, "W": 8.0}] * 4, "comm": 0.0}
+    assert simulate(split, profile).makespan < simulate(sched, profile).makespan
+    assert build("ZBH1", 4, 8).with_split_backward() is not None

@@ -105,6 +105,7 @@ class Pipeline:
         self.lookahead = lookahead
         self.example_shapes = example_shapes
         self.step_index = 0
+        self._execution_schedule = None
         self.timer = ActionTimer(device, rank)
         self.freezer = None
         self.failure = None
@@ -119,6 +120,15 @@ class Pipeline:
         self._local_param_names = self._collect_local_params()
 
     # -- structure ------------------------------------------------------------------------
+    @property
+    def execution_schedule(self):
+        """The schedule as this runtime executes it: a full backward B runs as I then W (the
+        input gradient is sent upstream before the weight gradient is computed). Plans and
+        predictions use this form so that they match what runs."""
+        if self._execution_schedule is None:
+            self._execution_schedule = self.schedule.with_split_backward()
+        return self._execution_schedule
+
     @property
     def num_microbatches(self) -> int:
         return self.schedule.num_microbatches
@@ -335,7 +345,7 @@ class Pipeline:
         if predicted:
             from tfcompile.schedule.simulate import simulate
 
-            timeline = simulate(self.schedule, profile)
+            timeline = simulate(self.execution_schedule, profile)
             base = self.schedule.num_ranks
             for rank in range(self.schedule.num_ranks):
                 events.append(

@@ -106,6 +106,34 @@ class Schedule:
         """True when the backward is split into I (input grad) and W (weight grad)."""
         return any(a.kind in ("I", "W") for prog in self.programs for a in prog)
 
+    def with_split_backward(self) -> Schedule:
+        """The same schedule with every full backward B(s, m) written as I(s, m) then W(s, m).
+
+        This is how tfcompile's runtime executes a B: it sends the input gradient upstream as
+        soon as it exists and computes the weight gradient afterwards, so the previous stage
+        waits for the I part only. Planning and predicting on this form matches the runtime;
+        the freeze ratio of W(s, m) is the ratio of B(s, m) (same (stage, microbatch) key).
+        """
+        if not any(a.kind == "B" for a in self.actions()):
+            return self
+        programs = []
+        for prog in self.programs:
+            out: list[Action] = []
+            for a in prog:
+                if a.kind == "B":
+                    out += [Action(a.stage, "I", a.microbatch), Action(a.stage, "W", a.microbatch)]
+                else:
+                    out.append(a)
+            programs.append(out)
+        return Schedule(
+            programs,
+            self.stage_to_rank,
+            name=self.name,
+            num_stages=self.num_stages,
+            num_microbatches=self.num_microbatches,
+            validate=False,
+        )
+
     def stages_of(self, rank: int) -> list[int]:
         """Stages held by ``rank``, in increasing order."""
         return [s for s, r in enumerate(self.stage_to_rank) if r == rank]
