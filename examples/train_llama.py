@@ -6,6 +6,7 @@ Runs on several processes or one:
     torchrun --nproc-per-node 2 examples/train_llama.py --steps 200 --freeze timely
     python examples/train_llama.py --ranks 2 --steps 50          # all stages in one process
     ... --save ckpt --stop-at 30, then ... --resume ckpt          # checkpoint and resume
+    ... --save 'ckpt/step{step}' --save-every 50                  # periodic checkpoints
 
 Prints loss and tokens/s as it goes and writes, under --out: the step log (CSV) and its plots,
 the measured-vs-predicted timeline (Chrome trace: open in https://ui.perfetto.dev), the
@@ -58,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--max-freeze", type=float, default=0.9)
     p.add_argument("--warmup", type=int, default=None, help="freeze phase unit (steps)")
+    p.add_argument(
+        "--monitor", type=int, default=None, help="steps per monitoring window (default: unit)"
+    )
     p.add_argument("--check-every", type=int, default=None)
     p.add_argument("--grad", default="drop", choices=["drop", "rescale"])
     p.add_argument("--eval-every", type=int, default=0)
@@ -70,7 +74,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tensorboard", default=None, help="also log to this TensorBoard dir")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     p.add_argument(
-        "--save", default=None, help="checkpoint path (directory, or a file name with {rank})"
+        "--save",
+        default=None,
+        help="checkpoint path: a directory or a file name with {rank}; {step} is replaced "
+        "by the number of steps done",
     )
     p.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps")
     p.add_argument("--resume", default=None, help="checkpoint to resume from")
@@ -88,7 +95,7 @@ def freeze_config(args) -> tfcompile.FreezeConfig | None:
         policy=args.freeze,
         max_freeze_ratio=args.max_freeze,
         warmup_steps=unit,
-        monitor_steps=unit,
+        monitor_steps=args.monitor or unit,
         ramp_steps=unit,
         check_every=args.check_every or max(1, unit // 2),
         grad=args.grad,
@@ -128,20 +135,8 @@ def write_dumps(pipe, out: Path) -> None:
     pipe.schedule.to_csv(out / "schedule.csv")
 
 
-@functools.lru_cache(maxsize=1)
-def _corpus():
-    return stdlib_corpus()  # cached: the benchmark runs several trainings in one process
-
-
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    last_rank = int(os.environ.get("RANK", "0")) == world - 1  # prints the controller's news
-    logging.basicConfig(level=logging.INFO if last_rank else logging.WARNING, format="%(message)s")
-    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    corpus = _corpus()
+def build_pipeline(args, world: int):
+    """The model (seeded with --seed) compiled for this rank; returns (pipe, model, config)."""
     torch.manual_seed(args.seed)
     cfg = LlamaConfig(
         vocab_size=256,
@@ -165,6 +160,30 @@ def main(argv=None) -> dict:
         freeze=freeze_config(args),
         ranks=args.ranks if world == 1 else None,
     )
+    return pipe, model, cfg
+
+
+def lr_schedule(args):
+    """Linear warm-up over the first tenth, cosine decay to the end."""
+    warm = max(1, args.steps // 10)
+    return lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / args.steps))
+
+
+@functools.lru_cache(maxsize=1)
+def _corpus():
+    return stdlib_corpus()  # cached: the benchmark runs several trainings in one process
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    last_rank = int(os.environ.get("RANK", "0")) == world - 1  # prints the controller's news
+    logging.basicConfig(level=logging.INFO if last_rank else logging.WARNING, format="%(message)s")
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // world))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    corpus = _corpus()
+    pipe, model, cfg = build_pipeline(args, world)
     speaker = pipe.num_stages - 1 in pipe.local_stages
     if speaker:
         n_params = sum(p.numel() for p in model.parameters())
@@ -175,7 +194,8 @@ def main(argv=None) -> dict:
         )
         print(
             f"schedule {pipe.schedule.name}: {pipe.num_stages} stages on "
-            f"{pipe.schedule.num_ranks} ranks, {args.microbatches} microbatches of {mb}"
+            f"{pipe.schedule.num_ranks} ranks, {args.microbatches} microbatches of "
+            f"{args.batch // args.microbatches}"
         )
     gen = torch.Generator().manual_seed(args.seed + 1)
     val_gen = torch.Generator().manual_seed(12345)
@@ -187,15 +207,15 @@ def main(argv=None) -> dict:
         start = pipe.step_index
         if speaker:
             print(f"resumed from {args.resume} at step {start}")
-    warm = max(1, args.steps // 10)
-    lr_lambda = lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / args.steps))
+    lr_lambda = lr_schedule(args)
     tokens = args.batch * args.seq
     stop = args.steps if args.stop_at is None else min(args.steps, args.stop_at)
 
     def on_step_end(step: int) -> None:
         done = step + 1
         if args.save and (done == stop or (args.save_every and done % args.save_every == 0)):
-            save_checkpoint(args.save, pipe, optimizer, extra={"data": gen})
+            path = args.save.replace("{step}", str(done))
+            save_checkpoint(path, pipe, optimizer, extra={"data": gen})
 
     log_name = f"steps_rank{pipe.rank}" + (f"_from{start}" if start else "") + ".csv"
     with StepLog(

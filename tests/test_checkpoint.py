@@ -136,3 +136,32 @@ def test_config_rejects_phases_longer_than_training():
     with pytest.raises(FreezeConfigError, match="need 7 steps"):
         FreezeConfig(**{**CONFIG, "total_steps": 6, "ramp_steps": 1})
     FreezeConfig(**{**CONFIG, "total_steps": 7, "ramp_steps": 1})
+
+
+def test_example_resume_reproduces_the_run(tmp_path):
+    """examples/train_llama.py --save (mid-run) then --resume, all stages in one process."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+    import train_llama
+
+    common = [
+        "--ranks", "2", "--steps", "14", "--freeze", "timely", "--warmup", "2",
+        "--dim", "32", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--seq", "16",
+        "--batch", "8", "--threads", "1", "--no-dumps", "--no-plots", "--eval-every", "5",
+    ]  # fmt: skip
+    ckpt = str(tmp_path / "ckpt" / "step{step}")
+    # the uninterrupted run writes a checkpoint at step 9 and goes on to the end
+    full = train_llama.main(
+        [*common, "--out", str(tmp_path / "full"), "--save", ckpt, "--save-every", "9"]
+    )
+    assert full["plan"] is not None  # planned at step 6, before the checkpoint
+    resumed = train_llama.main(
+        [*common, "--out", str(tmp_path / "b"), "--resume", ckpt.format(step=9)]
+    )
+    assert resumed["start_step"] == 9
+    assert resumed["losses"] == full["losses"][9:]
+    assert resumed["val_loss"] == full["val_loss"]
+    assert resumed["ratios_per_step"] == full["ratios_per_step"][9:]
+    assert resumed["plan"] == full["plan"]  # restored, not re-measured
