@@ -17,12 +17,16 @@ batches, and reports:
   0.05 nats) per schedule, linearly interpolated between evaluations;
 - drop vs rescale gradient semantics for ``timely`` (``--grad-schedules``).
 
-One torchrun launch per schedule runs every method in turn (the process group, corpus and
-imports are shared). Outputs under ``--out`` (default results/reproduce): results.json,
+One torchrun launch per schedule trains every method side by side, step by step (step k of
+every run before step k + 1 of any, order rotated each step): on a shared machine the
+background load then hits every method alike. ``--sequential`` runs them one after another
+through ``examples/train_llama.main`` instead. Phases: warm-up and ramp of ``--unit`` steps,
+monitoring windows of ``--monitor-steps`` steps (short: the w_min window freezes everything).
+Outputs under ``--out`` (default results/reproduce): results.json,
 table.md, val_loss_vs_time.png, throughput.png, ratio_vs_step.png, logs/.
 
     python benchmarks/reproduce.py --quick     # CI: 1F1B, none vs timely, tiny model
-    python benchmarks/reproduce.py             # the full table (~20-25 min on 2 cores)
+    python benchmarks/reproduce.py             # the full table (~10-15 min on 2 shared cores)
 
 Timings on a shared 2-core machine are noisy: read gains as indications, not measurements.
 """
@@ -45,16 +49,16 @@ METHODS = ("none", "apf", "autofreeze", "timely", "timely+apf", "timely+autofree
 STAGES_PER_RANK = {"Interleaved1F1B": 2, "ZBV": 2}
 TAG = "[reproduce]"
 
-# unit: warm-up and ramp length (steps); monitor: steps per monitoring window (w_max, w_min).
+# unit: warm-up and ramp length (steps); monitor_steps: steps per monitoring window (w_max, w_min).
 # The paper uses 100-step phases in runs of thousands of steps; here the monitoring windows
 # are kept short because the w_min window freezes everything (no weight learns in it).
 FULL = dict(
     dim=128, layers=4, heads=4, kv_heads=2, seq=64, batch=16, microbatches=4, steps=100,
-    unit=10, monitor=4,
+    unit=10, monitor_steps=4,
 )  # fmt: skip
 QUICK = dict(
     dim=64, layers=4, heads=4, kv_heads=2, seq=32, batch=8, microbatches=4, steps=40,
-    unit=4, monitor=2,
+    unit=4, monitor_steps=2,
 )  # fmt: skip
 
 
@@ -145,7 +149,7 @@ def example_argv(args, settings: dict, method: str, grad: str, warmup: bool, run
         "--warmup",
         str(settings["unit"]),
         "--monitor",
-        str(settings["monitor"]),
+        str(settings["monitor_steps"]),
         "--check-every",
         str(max(1, settings["unit"] // 2)),
         "--threads",
@@ -375,7 +379,7 @@ def launch(args, schedule: str, runs: list[tuple[str, str]], log_path: Path) -> 
         for line in proc.stdout:
             log.write(line)
             log.flush()
-            if line.startswith(TAG) or "Error" in line or "plan predicts" in line:
+            if line.startswith(TAG) or "error" in line.lower() or "plan predicts" in line:
                 print(f"  {schedule}: {line.rstrip()}", flush=True)
             if time.monotonic() > deadline:
                 proc.kill()
@@ -405,7 +409,7 @@ def time_to_target(curve: list[list[float]], target: float) -> float | None:
 def analyse(runs: list[dict], settings: dict, margin: float) -> dict:
     """Per-schedule metrics over the common steady window; gains relative to `none`."""
     # end of warm-up, both monitoring windows and the ramp: TimelyFreeze's steady state
-    window_from = 2 * settings["unit"] + 2 * settings["monitor"]
+    window_from = 2 * settings["unit"] + 2 * settings["monitor_steps"]
     rows = []
     by_schedule: dict[str, list[dict]] = {}
     for run in runs:
