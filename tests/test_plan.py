@@ -205,3 +205,29 @@ def test_planner_warm_start_matches_cold_plans():
         assert warm.stats["warm_start"] is (k > 0)
         assert warm.makespan == pytest.approx(cold.makespan, rel=1e-7)
         assert sum(warm.stage_average()) == pytest.approx(sum(cold.stage_average()), abs=1e-6)
+
+
+def _frozen_work(plan, prof):
+    w = prof.arrays(plan.schedule.num_stages, plan.schedule.num_microbatches)["W"]
+    return sum(w[s, mb] * r for (s, mb), r in plan.ratios.items())
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_weighted_fast_path_matches_exact_two_solves(seed, monkeypatch):
+    """The single weighted solve (checked for minimal makespan) gives the same makespan and
+    least cost-weighted freezing as the explicit lexicographic path, which a huge freezing
+    weight forces (the weighted optimum then trades makespan, so the check fails)."""
+    rng = np.random.default_rng(seed)
+    name = ["1F1B", "ZBH1", "GPipe", "ZBV", "Interleaved1F1B", "1F1B"][seed]
+    p, m = [(3, 6), (4, 8), (3, 5), (4, 8), (4, 8), (5, 10)][seed]
+    stages = [{k: float(rng.uniform(0.5, 2.0)) for k in ("F", "I", "W")} for _ in range(p)]
+    prof = CostProfile(stages, float(rng.uniform(0.0, 0.3)))
+    sched = build(name, p, m)
+    cap = float(rng.uniform(0.3, 0.9))
+    fast = plan_freeze(sched, prof, max_freeze_ratio=cap)
+    assert fast.stats["fast_path"]
+    monkeypatch.setattr(lp_mod, "FREEZE_WEIGHT", 1e3)
+    exact = plan_freeze(sched, prof, max_freeze_ratio=cap)
+    assert not exact.stats["fast_path"]
+    assert fast.makespan == pytest.approx(exact.makespan, rel=1e-7)
+    assert _frozen_work(fast, prof) == pytest.approx(_frozen_work(exact, prof), rel=1e-6, abs=1e-9)
