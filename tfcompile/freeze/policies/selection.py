@@ -2,7 +2,9 @@
 
 The LP decides how much of an action's weight-gradient work to skip; the unit of freezing is a
 parameter group whose W cost is known. A greedy pass over a candidate order keeps a group when
-adding its cost brings the frozen total closer to ``ratio * total cost``. Plain TimelyFreeze
+adding its cost brings the frozen total closer to ``ratio * total cost``; across a stage's
+microbatches the rounding error is carried forward (error diffusion, `select_for_stage`) so
+that the stage's average follows the plan and never exceeds the cap. Plain TimelyFreeze
 uses a random order that is a pure function of (seed, decision index, stage, microbatch), so
 every rank and every resumed run agrees without shared RNG state, and the choice rotates at
 each decision step. Hybrids pass a metric order instead (most converged group first).
