@@ -126,7 +126,9 @@ class Freezer:
             )
         self.config = config
         self.pipe = pipe
-        self.schedule = pipe.schedule
+        # plan and predict on the schedule as the runtime executes it (B as I then W) when
+        # the pipeline offers it, so that predictions match what runs
+        self.schedule = getattr(pipe, "execution_schedule", None) or pipe.schedule
         self.num_microbatches = int(self.schedule.num_microbatches)
         self.num_stages = int(self.schedule.num_stages)
         self.local_stages = sorted(int(s) for s in pipe.local_stages)
