@@ -8,10 +8,11 @@ and the predicted gain against pipeline depth.
 Rows are printed as they finish; results go to benchmarks/results/bench_plan.json. Timings are
 process CPU seconds (all threads; on a shared, oversubscribed machine wall-clock mostly
 measures the neighbours), best of ``--repeat`` runs up to 16x128; wall seconds are kept in the
-JSON. "ours" is schedule
-build + DAG + LP build + both solves + the verifying simulation; "ref" is the reference's LP
-build + its single solve; "replan" is FreezePlanner.plan after the costs drifted by up to 2%
-per stage (warm start from the previous basis). Nothing here is asserted.
+JSON. "ours" is schedule build + DAG + LP build + the weighted solve and its makespan check
+(plus the second solve where the check fails: stats["fast_path"] is False) + the verifying
+simulation; "ref" is the reference's LP build + its single solve; "replan" is
+FreezePlanner.plan after the costs drifted by up to 2% per stage (warm start from the
+previous basis). Nothing here is asserted.
 """
 
 from __future__ import annotations
