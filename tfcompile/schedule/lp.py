@@ -40,16 +40,17 @@ tight at the optimum, so 95% of the rows come back over 10+ rounds); a crash bas
 all-frozen ASAP tree (dual feasible, 40% fewer pivots, but slower without presolve); IPM and
 PDLP (2-20x slower); a starting solution (HiGHS gains ~20% even from the optimum). Also
 measured without a gain: other freezing weights (1e-4 .. 3e-2: 10-30% more pivots than 1e-3),
-a tiny start-time cost on top of the freezing term, HiGHS option changes (Devex or steepest
-edge pricing, no presolve, other scaling, update limit, cost perturbation; all within noise
-or worse), and the crash basis again with the weighted objective (ZBV 32x256: 28k pivots
-instead of 81k, but each costs 3x as much; 1F1B 32x256 slower). Fixing ratios of actions
-that cannot be critical is only sound with every *other* action unfrozen, and then it is the
-same test as the edge pruning above, which removes nothing on these balanced pipelines.
+a tiny start-time cost on top of the freezing term, other HiGHS options (dual steepest edge,
+the default, is 20-30% slower than Devex; no presolve, other scaling, update limit, cost
+perturbation, one thread: within noise or worse), and the crash basis again with the weighted
+objective (ZBV 32x256: 28k pivots instead of 81k, but each costs 3x as much; 1F1B 32x256
+slower). Fixing ratios of actions that cannot be critical is only sound with every *other*
+action unfrozen, and then it is the same test as the edge pruning above, which removes nothing
+on these balanced pipelines; so is dropping rows implied by another path (none found).
 
 Measured in CPU seconds (benchmarks/bench_plan.py, 28.3B profile, cap 0.8) against the
 paper-style reference (one weighted solve of a 2-variables-per-action model): 1F1B 16x128
-0.45 vs 0.70, 32x256 5.8 vs 11.6; ZBV 16x128 1.0 vs 1.2, 32x256 16.8 vs 16.6 (a tie within
+0.32 vs 0.70, 32x256 4.9 vs 13.7; ZBV 16x128 0.90 vs 1.29, 32x256 14.9 vs 14.8 (a tie within
 the noise of a loaded machine). The LP is still a simplex solve of tens of thousands of rows
 at 32x256 (40-80k pivots); a combinatorial solver (Lagrangian over the stage caps +
 min-cost-flow crashing) is the way below one second.
@@ -324,6 +325,9 @@ class _Model:
 
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
+        # Devex dual pricing: a few more pivots than the default (dual steepest edge), each
+        # cheaper; measured 20-30% less CPU at 16x128 (1F1B and ZBV)
+        h.setOptionValue("simplex_dual_edge_weight_strategy", 1)
         n_side = len(self.s_up)
         row_map = np.full(self.num_edge_rows, -1, dtype=np.int64)
         row_map[rows] = np.arange(len(rows))
