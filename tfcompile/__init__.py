@@ -35,6 +35,7 @@ _LAZY = {
     "Timeline": "tfcompile.schedule.simulate",
     "plan_freeze": "tfcompile.schedule.lp",
     "FreezePlan": "tfcompile.schedule.lp",
+    "FreezePlanner": "tfcompile.schedule.lp",
     "compile": "tfcompile.api",
     "Pipeline": "tfcompile.api",
     "FreezeConfig": "tfcompile.freeze.config",
