@@ -212,7 +212,7 @@ def worker_interleaved(args) -> None:
     import train_llama  # noqa: PLC0415 - examples/ is not a package
 
     from tfcompile.freeze.steplog import StepLog
-    from tfcompile.trainer import TrainResult, _span
+    from tfcompile.trainer import TrainResult, train_step
 
     settings = model_settings(args)
     out = Path(args.out)
@@ -262,32 +262,11 @@ def worker_interleaved(args) -> None:
         result.val.append((step, sum(result.step_seconds), loss))
 
     def one_step(run, step):
-        pipe, optimizer, result = run["pipe"], run["optimizer"], run["result"]
-        factor = run["lr"](step)
-        for group, lr in zip(optimizer.param_groups, run["base_lrs"]):
-            group["lr"] = lr * factor
-        inputs, targets = corpus.batch("train", settings["batch"], settings["seq"], run["gen"])
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = pipe.step(inputs, targets)
-        optimizer.step()
-        seconds = time.perf_counter() - t0
-        result.step_seconds.append(seconds)
-        result.spans.append(_span(pipe))
-        if loss is not None:
-            result.losses.append(loss)
-        freezer = pipe.freezer
-        phase = freezer.phase if freezer is not None else "off"
-        ratios = dict(freezer.actual_ratios) if freezer is not None else {}
-        result.phases.append(phase)
-        result.ratios.append(ratios)
-        run["log"].record(
-            step,
-            step_seconds=seconds,
-            loss=loss,
-            phase=phase,
-            ratios=ratios or {s: 0.0 for s in pipe.local_stages},
-        )
+        batch = corpus.batch("train", settings["batch"], settings["seq"], run["gen"])
+        train_step(
+            run["pipe"], run["optimizer"], batch, run["result"], step,
+            lr_factor=run["lr"](step), base_lrs=run["base_lrs"], steplog=run["log"],
+        )  # fmt: skip
 
     # discarded warm-up steps: lazy initialisation must not land on the first run's steps
     for run in runs:

@@ -78,34 +78,11 @@ def train(
             print(f"step {step:5d} | val loss {loss:.4f}", flush=True)
 
     for step in range(start_step, steps):
-        if lr_lambda is not None:
-            factor = lr_lambda(step)
-            for group, lr in zip(optimizer.param_groups, base_lrs):
-                group["lr"] = lr * factor
-        inputs, targets = next_batch(step)
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = pipe.step(inputs, targets)
-        optimizer.step()
-        seconds = time.perf_counter() - t0
-        result.step_seconds.append(seconds)
-        result.spans.append(_span(pipe))
-        if loss is not None:
-            result.losses.append(loss)
-        freezer = pipe.freezer
-        phase = freezer.phase if freezer is not None else "off"
-        ratios = dict(freezer.actual_ratios) if freezer is not None else {}
-        result.phases.append(phase)
-        result.ratios.append(ratios)
-        if steplog is not None:
-            steplog.record(
-                step,
-                step_seconds=seconds,
-                loss=loss,
-                phase=phase,
-                ratios=ratios or {s: 0.0 for s in pipe.local_stages},
-                items=items_per_step,
-            )
+        factor = lr_lambda(step) if lr_lambda is not None else None
+        loss, phase, ratios = train_step(
+            pipe, optimizer, next_batch(step), result, step,
+            lr_factor=factor, base_lrs=base_lrs, steplog=steplog, items=items_per_step,
+        )  # fmt: skip
         if speaker and (step % log_every == 0 or step == steps - 1):
             recent = result.step_seconds[-log_every:]
             rate = items_per_step / statistics.median(recent)
@@ -122,6 +99,50 @@ def train(
     evaluate(steps)
     result.wall_seconds = time.perf_counter() - start
     return result
+
+
+def train_step(
+    pipe,
+    optimizer: torch.optim.Optimizer,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    result: TrainResult,
+    step: int,
+    *,
+    lr_factor: float | None = None,
+    base_lrs: list[float] | None = None,
+    steplog: StepLog | None = None,
+    items: float | None = None,
+) -> tuple[float | None, str, dict[int, float]]:
+    """One optimizer step: set the LR, pipe.step, optimizer.step; record it in `result` (and
+    `steplog`). Returns (loss or None off the last stage, phase, actual ratio per stage)."""
+    if lr_factor is not None:
+        for group, lr in zip(optimizer.param_groups, base_lrs or []):
+            group["lr"] = lr * lr_factor
+    inputs, targets = batch
+    t0 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    loss = pipe.step(inputs, targets)
+    optimizer.step()
+    seconds = time.perf_counter() - t0
+    result.step_seconds.append(seconds)
+    result.spans.append(_span(pipe))
+    if loss is not None:
+        result.losses.append(loss)
+    freezer = pipe.freezer
+    phase = freezer.phase if freezer is not None else "off"
+    ratios = dict(freezer.actual_ratios) if freezer is not None else {}
+    result.phases.append(phase)
+    result.ratios.append(ratios)
+    if steplog is not None:
+        steplog.record(
+            step,
+            step_seconds=seconds,
+            loss=loss,
+            phase=phase,
+            ratios=ratios or {s: 0.0 for s in pipe.local_stages},
+            items=items,
+        )
+    return loss, phase, ratios
 
 
 def _span(pipe) -> tuple[float, float]:
