@@ -76,6 +76,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--val-batches", type=int, default=2)
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--max-freeze", type=float, default=0.9)
+    p.add_argument(
+        "--wmin-microbatches",
+        type=int,
+        default=0,
+        help="measure w_min on this many all-frozen microbatches per step (0: whole steps)",
+    )
     p.add_argument("--target-margin", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "results" / "reproduce"))
@@ -150,6 +156,8 @@ def example_argv(args, settings: dict, method: str, grad: str, warmup: bool, run
         str(settings["unit"]),
         "--monitor",
         str(settings["monitor_steps"]),
+        "--wmin-microbatches",
+        str(args.wmin_microbatches),
         "--check-every",
         str(max(1, settings["unit"] // 2)),
         "--threads",
@@ -336,6 +344,8 @@ def launch(args, schedule: str, runs: list[tuple[str, str]], log_path: Path) -> 
         str(args.val_batches),
         "--max-freeze",
         str(args.max_freeze),
+        "--wmin-microbatches",
+        str(args.wmin_microbatches),
         "--seed",
         str(args.seed),
     ]

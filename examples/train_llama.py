@@ -58,6 +58,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="none, timely, apf, autofreeze, freezeout, timely+apf, timely+autofreeze",
     )
     p.add_argument("--max-freeze", type=float, default=0.9)
+    p.add_argument(
+        "--wmin-microbatches",
+        type=int,
+        default=0,
+        help="freeze everything in only this many microbatches per step while measuring w_min "
+        "(0: all microbatches, as in the paper)",
+    )
     p.add_argument("--warmup", type=int, default=None, help="freeze phase unit (steps)")
     p.add_argument(
         "--monitor", type=int, default=None, help="steps per monitoring window (default: unit)"
@@ -102,6 +109,7 @@ def freeze_config(args) -> tfcompile.FreezeConfig | None:
         seed=args.seed,
         total_steps=args.steps,
         autofreeze_every=unit,
+        wmin_microbatches=args.wmin_microbatches,
     )
 
 

@@ -232,3 +232,27 @@ def test_schedule_from_a_torch_format_csv_file(tmp_path):
     inputs, targets = batch(3)
     loss = pipe.step(inputs, targets)
     assert loss == pytest.approx(eager_grads(reference, inputs, targets, 4), rel=1e-5)
+
+
+def test_wmin_measured_on_a_few_all_frozen_microbatches():
+    """wmin_microbatches=1: one whole microbatch frozen per step in the w_min window, and the
+    planner's w_min comes from those backward parts only."""
+    config = tfcompile.FreezeConfig(
+        policy="timely", warmup_steps=1, monitor_steps=2, ramp_steps=1, check_every=1,
+        total_steps=8, wmin_microbatches=1,
+    )  # fmt: skip
+    pipe = compiled(tiny_llama(), "1F1B", 2, freeze=config)
+    frozen_in_window = []
+    for step in range(6):
+        pipe.step(*batch(step))
+        if pipe.freezer.phase == "monitor_wmin":
+            frozen_in_window.append(dict(pipe.last_frozen))
+    assert len(frozen_in_window) == 2
+    for frozen in frozen_in_window:
+        assert len(frozen) == 2 and len({m for _, m in frozen}) == 1  # one microbatch
+        for (stage, _), groups in frozen.items():
+            assert groups == frozenset(pipe.stage_groups(stage))
+    wmax, wmin = pipe.freezer.profiles["wmax"], pipe.freezer.profiles["wmin"]
+    for full, frozen in zip(wmax["stages"], wmin["stages"]):
+        assert frozen["W"] < 0.5 * full["W"]  # no weight-gradient region ran in those parts
+    assert pipe.freezer.plan is not None

@@ -278,16 +278,18 @@ class Pipeline:
         dist.all_gather_object(gathered, value)
         return gathered
 
-    def measured_profile(self, window: int | None = None) -> dict:
+    def measured_profile(self, window: int | None = None, frozen: str | None = None) -> dict:
         """Median F, I, W per stage (ms) and comm over the last `window` steps, all ranks.
 
-        Collective under torchrun: every rank must call it at the same step.
+        `frozen` ("none", "some", "all") restricts I and W to backward parts run with that
+        much of their stage frozen. Collective under torchrun: every rank must call it at the
+        same step.
         """
         local = (self.timer.window(window), self.timer.window_arrivals(window))
         gathered = self._gather(local)
         parts = [p for g in gathered for p in g[0]]
         arrivals = [a for g in gathered for a in g[1]]
-        return median_profile(parts, arrivals, self.num_stages)
+        return median_profile(parts, arrivals, self.num_stages, frozen)
 
     def profile(self, window: int | None = None):
         """The measured cost profile as the planner's CostProfile (collective)."""

@@ -58,6 +58,9 @@ class FreezeConfig:
     or ``rescale`` (mean over the microbatches that contributed).
     ``total_steps``: the training length, when known; phases longer than it are rejected and
     FreezeOut needs it for its schedule.
+    ``wmin_microbatches``: 0 (the paper) freezes every microbatch throughout the w_min
+    monitoring window; k > 0 freezes everything in only k microbatches per step (rotating) and
+    measures w_min on those, so the model keeps learning during the window.
     """
 
     policy: str = "timely"
@@ -78,6 +81,7 @@ class FreezeConfig:
     autofreeze_every: int = AUTOFREEZE_EVERY
     freezeout_t0: float = FREEZEOUT_T0
     freezeout_schedule: str = FREEZEOUT_SCHEDULE
+    wmin_microbatches: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("policy", self.policy, POLICIES)
@@ -97,7 +101,7 @@ class FreezeConfig:
             raise FreezeConfigError(
                 f"autofreeze_percentile={self.autofreeze_percentile!r} must lie in [0, 100]"
             )
-        for name in ("warmup_steps", "ramp_steps", "replan_every", "seed"):
+        for name in ("warmup_steps", "ramp_steps", "replan_every", "seed", "wmin_microbatches"):
             _check_int(name, getattr(self, name), minimum=0)
         for name in ("check_every", "autofreeze_every"):
             _check_int(name, getattr(self, name), minimum=1)

@@ -292,7 +292,11 @@ class Freezer:
         if step >= wmin_start and self.profiles["wmax"] is None:
             self.profiles["wmax"] = dict(self.pipe.measured_profile(cfg.monitor_steps))
         if step >= ramp_start and self.profiles["wmin"] is None:
-            self.profiles["wmin"] = dict(self.pipe.measured_profile(cfg.monitor_steps))
+            if 0 < cfg.wmin_microbatches < self.num_microbatches:  # only some were frozen
+                wmin = self.pipe.measured_profile(cfg.monitor_steps, frozen="all")
+            else:
+                wmin = self.pipe.measured_profile(cfg.monitor_steps)
+            self.profiles["wmin"] = dict(wmin)
             self._make_plan(step)
         since = step - steady_start
         if cfg.replan_every > 0 and since > 0 and since % cfg.replan_every == 0:
@@ -376,13 +380,21 @@ class Freezer:
                 (s, m): frozenset(self.groups[s])
                 for s in self.local_stages
                 if self.groups[s]
-                for m in range(self.num_microbatches)
+                for m in self._wmin_microbatches(step)
             }
         if phase in (RAMP, STEADY):
             return self._decide_planned(step)
         if phase == BASELINE:
             return self._decide_baseline(step)
         return {}
+
+    def _wmin_microbatches(self, step: int) -> list[int]:
+        """Microbatches frozen whole during the w_min window: all (the paper), or k rotating."""
+        k = self.config.wmin_microbatches
+        M = self.num_microbatches
+        if k <= 0 or k >= M:
+            return list(range(M))
+        return sorted({(step * k + j) % M for j in range(k)})
 
     def _decide_planned(self, step: int) -> Frozen:
         decision = step // self.config.check_every

@@ -71,7 +71,7 @@ class _NullTimer:
     def start(self):
         return None
 
-    def stop(self, token, stage: int, part: str, microbatch: int) -> None:
+    def stop(self, token, stage: int, part: str, microbatch: int, frozen: str = "none") -> None:
         pass
 
 
@@ -88,6 +88,13 @@ def _forward(stage: int, microbatch: int):
     from tfcompile.schedule.actions import Action
 
     return Action(stage, "F", microbatch)
+
+
+def frozen_state(frozen_groups: frozenset[str], groups) -> str:
+    """How much of a stage an action freezes: "none", "some" or "all" of its groups."""
+    if not frozen_groups:
+        return "none"
+    return "all" if len(frozen_groups) >= len(groups) else "some"
 
 
 def as_tuple(value) -> tuple:
@@ -158,18 +165,19 @@ class StepRunner:
                 self.transport.put(("act", s, m), out)
             return
         frozen_groups = frozen.get((s, m), EMPTY)
+        how_frozen = frozen_state(frozen_groups, program.groups)
         if kind in ("B", "I"):
             seeds = (loss_seed,) if last else self.transport.take(("grad", s + 1, m))
             token = timer.start()
             grads = program.backward_input(m, *seeds, frozen=frozen_groups)
-            timer.stop(token, s, "I", m)
+            timer.stop(token, s, "I", m, how_frozen)
             if s > 0:
                 self.transport.put(("grad", s, m), self._grads_to_send(s, m, grads))
             if kind == "I":
                 return
         token = timer.start()
         program.backward_weight(m, frozen=frozen_groups)
-        timer.stop(token, s, "W", m)
+        timer.stop(token, s, "W", m, how_frozen)
 
     def _grads_to_send(self, stage: int, microbatch: int, grads) -> tuple:
         """Gradients of the stage's inputs; an input that got none sends zeros."""

@@ -27,6 +27,7 @@ class TimedPart:
     start: float  # seconds, shared wall-clock base
     end: float
     rank: int = 0
+    frozen: str = "none"  # backward parts: "none", "some" or "all" of the stage's groups
 
     @property
     def seconds(self) -> float:
@@ -80,11 +81,11 @@ class ActionTimer:
             return event
         return time.perf_counter()
 
-    def stop(self, token, stage: int, part: str, microbatch: int) -> None:
+    def stop(self, token, stage: int, part: str, microbatch: int, frozen: str = "none") -> None:
         if self._cuda:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
-            self._pending.append((token, end, stage, part, microbatch))
+            self._pending.append((token, end, stage, part, microbatch, frozen))
             return
         now = time.perf_counter()
         self._current.append(
@@ -96,6 +97,7 @@ class ActionTimer:
                 token + self._offset,
                 now + self._offset,
                 self.rank,
+                frozen,
             )
         )
 
@@ -106,10 +108,12 @@ class ActionTimer:
         if self._cuda and self._pending:
             torch.cuda.synchronize(self.device)
             base_event, base_time = self._cuda_base
-            for start, end, stage, part, mb in self._pending:
+            for start, end, stage, part, mb, frozen in self._pending:
                 t0 = base_time + base_event.elapsed_time(start) / 1e3
                 t1 = base_time + base_event.elapsed_time(end) / 1e3
-                self._current.append(TimedPart(self._step, stage, part, mb, t0, t1, self.rank))
+                self._current.append(
+                    TimedPart(self._step, stage, part, mb, t0, t1, self.rank, frozen)
+                )
         self.records.append(self._current)
         self.arrivals.append(self._current_arrivals)
 
@@ -125,24 +129,37 @@ class ActionTimer:
         return [a for step in chosen for a in step]
 
 
-def median_profile(parts: list[TimedPart], arrivals: list[Arrival], num_stages: int) -> dict:
+def median_profile(
+    parts: list[TimedPart],
+    arrivals: list[Arrival],
+    num_stages: int,
+    frozen: str | None = None,
+) -> dict:
     """Planner cost profile (milliseconds) from timed parts of all ranks.
 
     Per stage: median F, I and W over every microbatch and step in the window (an action's
-    time is the sum of its parts of that kind). comm: median of (arrival - producer end) over
-    the messages a receiver waited for, the visible part of a transfer.
+    time is the sum of its parts of that kind). With `frozen` ("none", "some" or "all"), the
+    I and W medians use only the backward parts run with that much of the stage frozen (so
+    w_min can be measured on a few all-frozen microbatches per step). comm: median of
+    (arrival - producer end) over the messages a receiver waited for, the visible part of a
+    transfer.
     """
     per_action: dict[tuple, float] = {}
+    matching: set[tuple] = set()  # actions run with the requested frozen state
     ends: dict[tuple, float] = {}
     for p in parts:
         key = (p.step, p.stage, p.part, p.microbatch)
-        per_action[key] = per_action.get(key, 0.0) + p.seconds
         ends[key] = max(ends.get(key, 0.0), p.end)
+        per_action[key] = per_action.get(key, 0.0) + p.seconds
+        if frozen is None or p.part == "F" or p.frozen == frozen:
+            matching.add(key)
     stages = []
     for stage in range(num_stages):
         row = {}
         for kind in ("F", "I", "W"):
-            values = [v for (st, s, k, m), v in per_action.items() if s == stage and k == kind]
+            keys = [k for k in per_action if k[1] == stage and k[2] == kind]
+            chosen = [k for k in keys if k in matching] or keys  # a stage without groups
+            values = [per_action[k] for k in chosen]
             row[kind] = 1e3 * statistics.median(values) if values else 0.0
         stages.append(row)
     delays = []
