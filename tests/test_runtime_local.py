@@ -256,3 +256,24 @@ def test_wmin_measured_on_a_few_all_frozen_microbatches():
     for full, frozen in zip(wmax["stages"], wmin["stages"]):
         assert frozen["W"] < 0.5 * full["W"]  # no weight-gradient region ran in those parts
     assert pipe.freezer.plan is not None
+
+
+def test_timely_freezes_a_prefix_on_the_token_stage():
+    """Stage 0 gets token ids (no input gradient): plain timely freezes front to back there, so
+    its backward is truncated; later stages keep the rotating random choice."""
+    config = tfcompile.FreezeConfig(
+        policy="timely", warmup_steps=1, monitor_steps=1, ramp_steps=1, check_every=1,
+        total_steps=8,
+    )  # fmt: skip
+    pipe = compiled(tiny_llama(), "1F1B", 2, freeze=config)
+    assert pipe.truncates_backward(0) and not pipe.truncates_backward(1)
+    order = list(pipe.stage_groups(0))
+    assert order[0] == "tok_embeddings"
+    seen_stage0 = []
+    for step in range(7):
+        pipe.step(*batch(step))
+        seen_stage0 += [g for (s, _), g in pipe.last_frozen.items() if s == 0]
+    steady = [g for g in seen_stage0 if len(g) < len(order)]  # leave out the w_min window
+    assert steady, "the plan froze nothing on stage 0"
+    for groups in steady:
+        assert set(groups) == set(order[: len(groups)])

@@ -158,9 +158,16 @@ class Pipeline:
         return iter(self._local_param_names.values())
 
     def stage_groups(self, stage: int) -> dict[str, list[str]]:
-        """Freezing groups of a local stage: group name -> model parameter names."""
+        """Freezing groups of a local stage in forward order: group -> model parameter names."""
         spec, program = self.specs[stage], self.programs[stage]
-        return {g: [spec.param_names[n] for n in names] for g, names in program.groups.items()}
+        order = [g for g in program.group_order if g in program.groups]
+        order += [g for g in program.groups if g not in order]
+        return {g: [spec.param_names[n] for n in program.groups[g]] for g in order}
+
+    def truncates_backward(self, stage: int) -> bool:
+        """True when the stage produces no input gradient (e.g. token ids), so a frozen prefix
+        of its groups cuts its backward short (see passes.split_weight_grad)."""
+        return not any(self.programs[stage].input_requires_grad)
 
     def group_costs(self, stage: int) -> dict[str, float]:
         """Weight-gradient FLOPs per group of a local stage (relative W cost)."""

@@ -404,14 +404,29 @@ class Freezer:
                 continue
             microbatches = range(self.num_microbatches)
             targets = [self._target(stage, m, step) for m in microbatches]
-            orders = [self._candidate_order(stage, m, decision) for m in microbatches]
+            prefix = self._freezes_prefix(stage)
+            if prefix:  # forward order: a frozen prefix also truncates the backward
+                orders = [list(self.groups[stage]) for _ in microbatches]
+            else:
+                orders = [self._candidate_order(stage, m, decision) for m in microbatches]
             chosen = select_for_stage(
-                orders, self.costs[stage], targets, self.config.max_freeze_ratio
+                orders, self.costs[stage], targets, self.config.max_freeze_ratio, prefix=prefix
             )
             for m, groups in zip(microbatches, chosen):
                 if groups:
                     frozen[(stage, m)] = groups
         return frozen
+
+    def _freezes_prefix(self, stage: int) -> bool:
+        """Plain timely on a stage whose backward stops at the earliest unfrozen group (no
+        input gradient to produce, e.g. token ids): freeze front to back, so that the time the
+        linear model credits to freezing (w_max - w_min, w_min measured truncated) is saved."""
+        if not self.config.prefix_on_truncating_stages:
+            return False
+        if self._apf is not None or self._autofreeze is not None:
+            return False
+        truncates = getattr(self.pipe, "truncates_backward", None)
+        return bool(truncates is not None and truncates(stage))
 
     def _candidate_order(self, stage: int, microbatch: int, decision: int) -> list[str]:
         groups = self.groups[stage]

@@ -30,12 +30,16 @@ def select_by_cost(
     costs: Mapping[str, float],
     ratio: float,
     limit: float | None = None,
+    prefix: bool = False,
 ) -> frozenset[str]:
     """Groups from ``order`` whose summed cost is closest (greedily) to ``ratio`` of the total.
 
     A group is kept when adding it brings the frozen total closer to the target and, when
     ``limit`` is given, keeps the frozen fraction at or below ``limit`` (the cap). Zero-cost
-    groups are never picked: freezing them saves no time and only costs accuracy.
+    groups are never picked: freezing them saves no time and only costs accuracy. With
+    ``prefix`` the choice stops at the first group not taken, so it is a prefix of ``order``
+    (zero-cost groups aside): on a stage whose backward is truncated at the earliest unfrozen
+    group, only a frozen prefix saves the input-gradient work as well.
     """
     total = sum(costs[g] for g in order)
     if total <= 0.0:
@@ -48,11 +52,12 @@ def select_by_cost(
         cost = costs[group]
         if cost <= 0.0:
             continue
-        if bound is not None and acc + cost > bound:
-            continue
-        if abs(acc + cost - target) < abs(acc - target):
+        fits = bound is None or acc + cost <= bound
+        if fits and abs(acc + cost - target) < abs(acc - target):
             chosen.append(group)
             acc += cost
+        elif prefix:
+            break
     return frozenset(chosen)
 
 
@@ -61,6 +66,7 @@ def select_for_stage(
     costs: Mapping[str, float],
     targets: Sequence[float],
     cap: float,
+    prefix: bool = False,
 ) -> list[frozenset[str]]:
     """One group set per microbatch of a stage, following the targets on average (error diffusion).
 
@@ -82,7 +88,7 @@ def select_for_stage(
             continue
         aim = min(max(target + carry, 0.0), 1.0)
         limit = max(min(1.0, budget - used), 0.0)
-        groups = select_by_cost(order, costs, aim, limit=limit)
+        groups = select_by_cost(order, costs, aim, limit=limit, prefix=prefix)
         achieved = frozen_fraction(groups, costs)
         carry += target - achieved
         used += achieved
