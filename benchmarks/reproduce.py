@@ -77,6 +77,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ranks", type=int, default=2)
     p.add_argument("--max-freeze", type=float, default=0.9)
     p.add_argument(
+        "--prefix-freeze",
+        action="store_true",
+        help="timely freezes front to back on the token stage (truncated backward)",
+    )
+    p.add_argument(
         "--wmin-microbatches",
         type=int,
         default=0,
@@ -158,6 +163,7 @@ def example_argv(args, settings: dict, method: str, grad: str, warmup: bool, run
         str(settings["monitor_steps"]),
         "--wmin-microbatches",
         str(args.wmin_microbatches),
+        *(["--prefix-freeze"] if args.prefix_freeze else []),
         "--check-every",
         str(max(1, settings["unit"] // 2)),
         "--threads",
@@ -346,6 +352,7 @@ def launch(args, schedule: str, runs: list[tuple[str, str]], log_path: Path) -> 
         str(args.max_freeze),
         "--wmin-microbatches",
         str(args.wmin_microbatches),
+        *(["--prefix-freeze"] if args.prefix_freeze else []),
         "--seed",
         str(args.seed),
     ]

@@ -59,6 +59,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--max-freeze", type=float, default=0.9)
     p.add_argument(
+        "--prefix-freeze",
+        action="store_true",
+        help="timely freezes front to back on the token stage (its backward then truncates)",
+    )
+    p.add_argument(
         "--wmin-microbatches",
         type=int,
         default=0,
@@ -110,6 +115,7 @@ def freeze_config(args) -> tfcompile.FreezeConfig | None:
         total_steps=args.steps,
         autofreeze_every=unit,
         wmin_microbatches=args.wmin_microbatches,
+        prefix_on_truncating_stages=args.prefix_freeze,
     )
 
 

@@ -259,11 +259,11 @@ def test_wmin_measured_on_a_few_all_frozen_microbatches():
 
 
 def test_timely_freezes_a_prefix_on_the_token_stage():
-    """Stage 0 gets token ids (no input gradient): plain timely freezes front to back there, so
-    its backward is truncated; later stages keep the rotating random choice."""
+    """Stage 0 gets token ids (no input gradient): with prefix_on_truncating_stages, timely
+    freezes front to back there, so its backward is truncated."""
     config = tfcompile.FreezeConfig(
         policy="timely", warmup_steps=1, monitor_steps=1, ramp_steps=1, check_every=1,
-        total_steps=8,
+        total_steps=8, prefix_on_truncating_stages=True,
     )  # fmt: skip
     pipe = compiled(tiny_llama(), "1F1B", 2, freeze=config)
     assert pipe.truncates_backward(0) and not pipe.truncates_backward(1)

@@ -58,8 +58,9 @@ class FreezeConfig:
     or ``rescale`` (mean over the microbatches that contributed).
     ``total_steps``: the training length, when known; phases longer than it are rejected and
     FreezeOut needs it for its schedule.
-    ``prefix_on_truncating_stages``: plain ``timely`` freezes front to back (a prefix of the
-    groups) on stages with no input gradient, where a frozen prefix truncates the backward.
+    ``prefix_on_truncating_stages`` (opt-in): plain ``timely`` freezes front to back (a
+    prefix of the groups) on stages with no input gradient, where a frozen prefix truncates
+    the backward: more time saved per frozen FLOP, staleness concentrated on early layers.
     ``wmin_microbatches``: 0 (the paper) freezes every microbatch throughout the w_min
     monitoring window; k > 0 freezes everything in only k microbatches per step (rotating) and
     measures w_min on those, so the model keeps learning during the window.
@@ -84,7 +85,7 @@ class FreezeConfig:
     freezeout_t0: float = FREEZEOUT_T0
     freezeout_schedule: str = FREEZEOUT_SCHEDULE
     wmin_microbatches: int = 0
-    prefix_on_truncating_stages: bool = True
+    prefix_on_truncating_stages: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("policy", self.policy, POLICIES)
