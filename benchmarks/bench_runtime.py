@@ -120,18 +120,9 @@ def log(rank: int, message: str) -> None:
 
 
 def build_model(args):
-    from tfcompile.models.llama import Llama, LlamaConfig
+    from tfcompile.models.llama import byte_lm
 
-    torch.manual_seed(args.seed)
-    cfg = LlamaConfig(
-        vocab_size=256,
-        dim=args.dim,
-        n_layers=args.layers,
-        n_heads=args.heads,
-        n_kv_heads=args.kv_heads,
-        max_seq_len=args.seq,
-    )
-    return Llama(cfg)
+    return byte_lm(args.dim, args.layers, args.heads, args.kv_heads, args.seq, args.seed)
 
 
 def torch_stage_module(model, stage: int, cut: int) -> nn.Module:

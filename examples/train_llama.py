@@ -30,7 +30,7 @@ import tfcompile
 from tfcompile.checkpoint import load_checkpoint, save_checkpoint
 from tfcompile.datasets import stdlib_corpus
 from tfcompile.freeze.steplog import StepLog
-from tfcompile.models.llama import Llama, LlamaConfig
+from tfcompile.models.llama import byte_lm
 from tfcompile.trainer import train
 
 
@@ -151,16 +151,8 @@ def write_dumps(pipe, out: Path) -> None:
 
 def build_pipeline(args, world: int):
     """The model (seeded with --seed) compiled for this rank; returns (pipe, model, config)."""
-    torch.manual_seed(args.seed)
-    cfg = LlamaConfig(
-        vocab_size=256,
-        dim=args.dim,
-        n_layers=args.layers,
-        n_heads=args.heads,
-        n_kv_heads=args.kv_heads,
-        max_seq_len=args.seq,
-    )
-    model = Llama(cfg)
+    model = byte_lm(args.dim, args.layers, args.heads, args.kv_heads, args.seq, args.seed)
+    cfg = model.cfg
     mb = args.batch // args.microbatches
     example = torch.zeros(mb, args.seq, dtype=torch.long)
     pipe = tfcompile.compile(

@@ -146,6 +146,23 @@ class Llama(nn.Module):
         return self.output(self.norm(h))
 
 
+def byte_lm(
+    dim: int, n_layers: int, n_heads: int, n_kv_heads: int, seq_len: int, seed: int = 0
+) -> Llama:
+    """The byte-level (vocabulary 256) LM of the examples and benchmarks, seeded."""
+    torch.manual_seed(seed)
+    return Llama(
+        LlamaConfig(
+            vocab_size=256,
+            dim=dim,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            max_seq_len=seq_len,
+        )
+    )
+
+
 def _init_weights(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         nn.init.normal_(m.weight, std=0.02)
