@@ -12,6 +12,7 @@ import pytest
 import tfcompile
 from tfcompile.errors import PlanError
 from tfcompile.schedule import lp as lp_mod
+from tfcompile.schedule import netflow
 from tfcompile.schedule.actions import Schedule
 from tfcompile.schedule.costs import CostProfile
 from tfcompile.schedule.dag import ScheduleDAG
@@ -22,6 +23,15 @@ from tfcompile.schedules import build
 DATA = os.path.join(os.path.dirname(__file__), "data", "planner")
 GPT8 = os.path.join(DATA, "gpt-1.5b-p8.json")
 
+#: both solvers must give the same plans; the decomposition needs the native network simplex
+METHODS = [
+    "lp",
+    pytest.param(
+        "decomposition",
+        marks=pytest.mark.skipif(not netflow.available(), reason="no C compiler for netflow"),
+    ),
+]
+
 
 def _profile(p, comm=0.2):
     # uneven stages: heavier first (embedding) and last (head + loss) stages
@@ -31,10 +41,11 @@ def _profile(p, comm=0.2):
     return CostProfile(stages, comm)
 
 
-def test_cap_zero_gives_unfrozen_makespan():
+@pytest.mark.parametrize("method", METHODS)
+def test_cap_zero_gives_unfrozen_makespan(method):
     sched = build("1F1B", 4, 8)
     prof = _profile(4)
-    plan = plan_freeze(sched, prof, max_freeze_ratio=0.0)
+    plan = plan_freeze(sched, prof, max_freeze_ratio=0.0, method=method)
     assert plan.ratios == {}
     assert plan.makespan == pytest.approx(simulate(sched, prof).makespan)
     assert plan.makespan == plan.baseline_makespan
@@ -63,10 +74,11 @@ def _grid_min(sched, prof, cap, levels):
     [("1F1B", 2, 2, 0.5), ("GPipe", 2, 2, 0.5), ("ZBH1", 2, 2, 0.5), ("1F1B", 3, 2, 0.5),
      ("ZBV", 2, 2, 0.5)],
 )  # fmt: skip
-def test_lp_matches_brute_force_grid(name, p, m, cap):
+@pytest.mark.parametrize("method", METHODS)
+def test_lp_matches_brute_force_grid(name, p, m, cap, method):
     sched = build(name, p, m)
     prof = CostProfile.uniform(p, F=1.0, I=1.0, W=1.0, comm=0.0)
-    plan = plan_freeze(sched, prof, max_freeze_ratio=cap)
+    plan = plan_freeze(sched, prof, max_freeze_ratio=cap, method=method)
     grid = _grid_min(sched, prof, cap, [0.0, 0.25, 0.5, 0.75, 1.0])
     # the LP optimises over the whole box, so it is never worse than the grid; on these
     # instances the optimum lies on the grid
@@ -74,10 +86,11 @@ def test_lp_matches_brute_force_grid(name, p, m, cap):
     assert plan.makespan == pytest.approx(grid, rel=1e-6)
 
 
-def test_lp_matches_brute_force_uneven_costs():
+@pytest.mark.parametrize("method", METHODS)
+def test_lp_matches_brute_force_uneven_costs(method):
     sched = build("1F1B", 2, 3)
     prof = CostProfile([{"F": 1.0, "I": 1.0, "W": 0.8}, {"F": 1.2, "I": 1.1, "W": 1.0}], 0.1)
-    plan = plan_freeze(sched, prof, max_freeze_ratio=2 / 3)
+    plan = plan_freeze(sched, prof, max_freeze_ratio=2 / 3, method=method)
     grid = _grid_min(sched, prof, 2 / 3, [0.0, 1 / 3, 2 / 3, 1.0])
     assert plan.makespan <= grid * (1 + 1e-6)
     # a finer grid can only get closer to the LP optimum
@@ -86,11 +99,12 @@ def test_lp_matches_brute_force_uneven_costs():
 
 @pytest.mark.parametrize("name,p,m", [("1F1B", 4, 8), ("GPipe", 4, 8), ("ZBH1", 4, 8),
                                       ("ZBV", 8, 8), ("Interleaved1F1B", 8, 8)])  # fmt: skip
-def test_plan_reproduces_lp_makespan_and_respects_caps(name, p, m):
+@pytest.mark.parametrize("method", METHODS)
+def test_plan_reproduces_lp_makespan_and_respects_caps(name, p, m, method):
     sched = build(name, p, m)
     prof = _profile(p)
     cap = 0.6
-    plan = tfcompile.plan_freeze(sched, prof, max_freeze_ratio=cap)
+    plan = tfcompile.plan_freeze(sched, prof, max_freeze_ratio=cap, method=method)
     assert plan.status == "Optimal"
     tl = simulate(sched, prof, plan.ratios)
     assert tl.makespan == pytest.approx(plan.lp_makespan, rel=1e-6)
@@ -102,10 +116,11 @@ def test_plan_reproduces_lp_makespan_and_respects_caps(name, p, m):
 
 
 @pytest.mark.parametrize("name,p,m", [("1F1B", 4, 8), ("ZBH1", 4, 8), ("GPipe", 3, 6)])
-def test_freezable_actions_with_slack_get_ratio_zero(name, p, m):
+@pytest.mark.parametrize("method", METHODS)
+def test_freezable_actions_with_slack_get_ratio_zero(name, p, m, method):
     sched = build(name, p, m)
     prof = _profile(p)
-    plan = plan_freeze(sched, prof, max_freeze_ratio=0.5)
+    plan = plan_freeze(sched, prof, max_freeze_ratio=0.5, method=method)
     tl = simulate(sched, prof, plan.ratios)
     slack = tl.slack()
     dag = tl.dag
@@ -117,20 +132,22 @@ def test_freezable_actions_with_slack_get_ratio_zero(name, p, m):
     assert n_slack > 0
 
 
-def test_second_solve_minimises_freezing():
+@pytest.mark.parametrize("method", METHODS)
+def test_second_solve_minimises_freezing(method):
     """With a generous cap the makespan floor is reached with far less than everything frozen."""
     sched = build("1F1B", 4, 8)
     prof = _profile(4)
-    plan = plan_freeze(sched, prof, max_freeze_ratio=1.0)
+    plan = plan_freeze(sched, prof, max_freeze_ratio=1.0, method=method)
     assert plan.makespan == pytest.approx(plan.min_makespan, rel=1e-6)
     assert np.mean(plan.stage_average()) < 0.9
 
 
-def test_budget_caps_frozen_share():
+@pytest.mark.parametrize("method", METHODS)
+def test_budget_caps_frozen_share(method):
     sched = build("1F1B", 4, 8)
     prof = _profile(4)
-    free = plan_freeze(sched, prof, max_freeze_ratio=1.0)
-    plan = plan_freeze(sched, prof, max_freeze_ratio=1.0, budget=0.1)
+    free = plan_freeze(sched, prof, method=method, max_freeze_ratio=1.0)
+    plan = plan_freeze(sched, prof, method=method, max_freeze_ratio=1.0, budget=0.1)
     arr = prof.arrays(4, 8)["W"]
     frozen = sum(arr[s, mb] * r for (s, mb), r in plan.ratios.items())
     assert frozen <= 0.1 * arr.sum() + 1e-6
@@ -147,10 +164,11 @@ def test_plan_with_shared_profile_file():
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(DATA, "torch_*.csv"))))
-def test_torch_csv_schedules_plan_cleanly(path):
+@pytest.mark.parametrize("method", METHODS)
+def test_torch_csv_schedules_plan_cleanly(path, method):
     sched = Schedule.from_csv(path)
     prof = _profile(sched.num_stages)
-    plan = plan_freeze(sched, prof, max_freeze_ratio=0.8)
+    plan = plan_freeze(sched, prof, max_freeze_ratio=0.8, method=method)
     assert plan.status == "Optimal"
     assert plan.makespan <= plan.baseline_makespan + 1e-9
     assert simulate(sched, prof, plan.ratios).makespan == pytest.approx(plan.makespan)
@@ -173,13 +191,13 @@ def test_solver_failure_raises(monkeypatch):
 
     monkeypatch.setattr(lp_mod, "_optimal", lambda: _Never)
     with pytest.raises(PlanError, match="not solved: HiGHS status .*no plan returned"):
-        plan_freeze(build("1F1B", 4, 8), _profile(4))
+        plan_freeze(build("1F1B", 4, 8), _profile(4), method="lp")
 
 
 def test_row_generation_and_pruning_agree():
     sched = build("ZBV", 8, 16)
     prof = _profile(8)
-    a = plan_freeze(sched, prof, 0.7)
+    a = plan_freeze(sched, prof, 0.7, method="lp")
     b = plan_freeze(sched, prof, 0.7, row_generation=True, prune=False)
     assert a.makespan == pytest.approx(b.makespan, rel=1e-6)
 
@@ -194,14 +212,14 @@ def test_planner_warm_start_matches_cold_plans():
     from tfcompile.schedule.lp import FreezePlanner
 
     sched = build("1F1B", 4, 16)
-    planner = FreezePlanner(sched, max_freeze_ratio=0.7)
+    planner = FreezePlanner(sched, max_freeze_ratio=0.7, method="lp")
     rng = np.random.default_rng(0)
     for k in range(4):
         stages = [{"F": 2.0 * (1 + 0.03 * rng.uniform(-1, 1)), "I": 2.0, "W": 1.0}
                   for _ in range(4)]  # fmt: skip
         prof = CostProfile(stages, 0.1)
         warm = planner.plan(prof)
-        cold = plan_freeze(sched, prof, max_freeze_ratio=0.7, prune=False)
+        cold = plan_freeze(sched, prof, max_freeze_ratio=0.7, prune=False, method="lp")
         assert warm.stats["warm_start"] is (k > 0)
         assert warm.makespan == pytest.approx(cold.makespan, rel=1e-7)
         assert sum(warm.stage_average()) == pytest.approx(sum(cold.stage_average()), abs=1e-6)
@@ -213,7 +231,8 @@ def _frozen_work(plan, prof):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_weighted_fast_path_matches_exact_two_solves(seed, monkeypatch):
+@pytest.mark.parametrize("method", METHODS)
+def test_weighted_fast_path_matches_exact_two_solves(seed, monkeypatch, method):
     """The single weighted solve (checked for minimal makespan) gives the same makespan and
     least cost-weighted freezing as the explicit lexicographic path, which a huge freezing
     weight forces (the weighted optimum then trades makespan, so the check fails)."""
@@ -224,10 +243,10 @@ def test_weighted_fast_path_matches_exact_two_solves(seed, monkeypatch):
     prof = CostProfile(stages, float(rng.uniform(0.0, 0.3)))
     sched = build(name, p, m)
     cap = float(rng.uniform(0.3, 0.9))
-    fast = plan_freeze(sched, prof, max_freeze_ratio=cap)
+    fast = plan_freeze(sched, prof, max_freeze_ratio=cap, method=method)
     assert fast.stats["fast_path"]
     monkeypatch.setattr(lp_mod, "FREEZE_WEIGHT", 1e3)
-    exact = plan_freeze(sched, prof, max_freeze_ratio=cap)
+    exact = plan_freeze(sched, prof, max_freeze_ratio=cap, method=method)
     assert not exact.stats["fast_path"]
     assert fast.makespan == pytest.approx(exact.makespan, rel=1e-7)
     assert _frozen_work(fast, prof) == pytest.approx(_frozen_work(exact, prof), rel=1e-6, abs=1e-9)

@@ -69,6 +69,7 @@ from typing import Any
 import numpy as np
 
 from tfcompile.errors import PlanError
+from tfcompile.schedule import netflow
 from tfcompile.schedule.actions import Schedule
 from tfcompile.schedule.costs import as_profile
 from tfcompile.schedule.dag import ScheduleDAG
@@ -427,6 +428,7 @@ def plan_freeze(
     tolerance: float = 1e-9,
     prune: bool = True,
     row_generation: bool = False,
+    method: str = "auto",
 ) -> FreezePlan:
     """Plan per-(stage, microbatch) freeze ratios that minimise the step's makespan.
 
@@ -434,19 +436,28 @@ def plan_freeze(
     frozen share of all weight-gradient work. ``tolerance`` is the relative slack on the
     minimal makespan allowed in the second (least-freezing) solve. Raises
     :class:`~tfcompile.errors.PlanError` when the LP cannot be solved to optimality.
-    To re-plan the same schedule as measured costs drift, use :class:`FreezePlanner`, which
-    warm-starts each solve from the previous one.
+
+    ``method``: ``"decomposition"`` (column generation over the stage caps, pricing with a
+    native network simplex: :mod:`tfcompile.schedule.decompose`; compiles a small C file
+    once), ``"lp"`` (one HiGHS LP over the whole DAG), or ``"auto"``: the decomposition when
+    the native solver loads, else the LP. Both are exact (same makespan and cost-weighted
+    freezing); the decomposition is 5-50x faster from 16 stages x 128 microbatches up.
+    To re-plan the same schedule as measured costs drift, use :class:`FreezePlanner`.
     """
-    return _plan(schedule, costs, max_freeze_ratio, budget, tolerance, prune, row_generation, None)
+    return _plan(
+        schedule, costs, max_freeze_ratio, budget, tolerance, prune, row_generation, None, method
+    )
 
 
 class FreezePlanner:
-    """Re-plans one schedule for changing costs, warm-starting HiGHS from the last basis.
+    """Re-plans one schedule for changing costs, reusing the schedule's DAG.
 
     ``planner = FreezePlanner(schedule, max_freeze_ratio=0.8)``; ``planner.plan(costs)`` each
-    time new measurements arrive. With costs that moved a few percent the first solve needs a
-    few hundred pivots instead of tens of thousands (the LP keeps its shape, so the previous
-    optimal basis is a valid, nearly optimal start). Results equal :func:`plan_freeze`'s.
+    time new measurements arrive. Results equal :func:`plan_freeze`'s. With ``method="lp"``
+    each solve warm-starts HiGHS from the previous optimal basis (the LP keeps its shape):
+    with costs that moved a few percent the first solve needs a few hundred pivots instead of
+    tens of thousands. The decomposition (the default where it loads) starts afresh, being
+    faster than that warm start already.
     """
 
     def __init__(
@@ -456,18 +467,20 @@ class FreezePlanner:
         budget: float | None = None,
         *,
         tolerance: float = 1e-9,
+        method: str = "auto",
     ) -> None:
         _check_args(max_freeze_ratio, budget)
         self.dag = schedule if isinstance(schedule, ScheduleDAG) else ScheduleDAG(schedule)
         self.max_freeze_ratio = max_freeze_ratio
         self.budget = budget
         self.tolerance = tolerance
+        self.method = method
         self._state: dict[str, Any] = {}
 
     def plan(self, costs: Any) -> FreezePlan:
         return _plan(
             self.dag, costs, self.max_freeze_ratio, self.budget, self.tolerance, False, False,
-            self._state,
+            self._state, self.method,
         )  # fmt: skip
 
 
@@ -480,8 +493,11 @@ def _plan(
     prune: bool,
     row_generation: bool,
     state: dict[str, Any] | None,
+    method: str = "lp",
 ) -> FreezePlan:
     _check_args(max_freeze_ratio, budget)
+    if method not in ("auto", "lp", "decomposition"):
+        raise PlanError(f"method must be 'auto', 'lp' or 'decomposition', got {method!r}")
     t0 = time.perf_counter()
     dag = schedule if isinstance(schedule, ScheduleDAG) else ScheduleDAG(schedule)
     sched = dag.schedule
@@ -498,6 +514,21 @@ def _plan(
         )  # fmt: skip
     _, e1 = longest_path(dag, base - wpart, comm)
     t_lb = float(e1.max())
+    fallback = None
+    if method == "auto":
+        method = "decomposition" if (netflow.available() and not row_generation) else "lp"
+        if method == "decomposition":
+            try:
+                return _plan_decomposed(
+                    dag, prof, base, wpart, comm, baseline, t_lb, cap, budget, tolerance, t0
+                )
+            except PlanError as exc:  # never expected; the LP is the safety net
+                fallback = f"decomposition failed ({exc}); solved as one LP"
+                method = "lp"
+    if method == "decomposition":
+        return _plan_decomposed(
+            dag, prof, base, wpart, comm, baseline, t_lb, cap, budget, tolerance, t0
+        )
     prune_below = t_lb * (1 - 1e-9) - 1e-12 if prune else None
     model = _Model(dag, base, wpart, comm, cap, budget, prune_below)
     stats["edge_rows"] = int(model.num_edge_rows)
@@ -584,17 +615,16 @@ def _plan(
     r = np.zeros(dag.num_nodes)
     r[model.fz_nodes] = r_fz
     tl = timeline_from_arrays(dag, base - wpart * r, r, comm, prof.unit)
-    if tl.makespan > bound * (1 + 1e-7) + 1e-9:
-        raise PlanError(
-            f"internal error: the planned ratios simulate to makespan {tl.makespan:.9g} but the "
-            f"LP promised {bound:.9g}; please report this with the schedule and profile"
-        )
+    _check_simulated(tl.makespan, bound)
     ratios = {
         (int(dag.stage[v]), int(dag.microbatch[v])): float(x)
         for v, x in zip(model.fz_nodes.tolist(), r_fz.tolist())
         if x > 0
     }
     stats["pruned_edges"] = int(model.num_edges_total - model.num_edge_rows)
+    stats["method"] = "lp"
+    if fallback:
+        stats["fallback"] = fallback
     plan = FreezePlan(
         schedule=sched,
         ratios=ratios,
@@ -614,6 +644,68 @@ def _plan(
     )
     plan._timeline = tl  # type: ignore[attr-defined]
     return plan
+
+
+def _plan_decomposed(
+    dag: ScheduleDAG,
+    prof: Any,
+    base: np.ndarray,
+    wpart: np.ndarray,
+    comm: float,
+    baseline: float,
+    t_lb: float,
+    cap: float,
+    budget: float | None,
+    tolerance: float,
+    t0: float,
+) -> FreezePlan:
+    from tfcompile.schedule.decompose import plan_dw
+
+    t1 = time.perf_counter()
+    res = plan_dw(dag, base, wpart, comm, cap, budget, FREEZE_WEIGHT, tolerance)
+    t_solve = time.perf_counter() - t1
+    fz_nodes = np.flatnonzero(dag.freezable & (wpart > 0))
+    r_fz = res.ratios.copy()
+    r_fz[r_fz < 1e-9] = 0.0
+    r_fz[r_fz > 1 - 1e-9] = 1.0
+    r = np.zeros(dag.num_nodes)
+    r[fz_nodes] = r_fz
+    tl = timeline_from_arrays(dag, base - wpart * r, r, comm, prof.unit)
+    bound = res.min_makespan * (1 + tolerance) + 1e-12
+    _check_simulated(tl.makespan, bound)
+    ratios = {
+        (int(dag.stage[v]), int(dag.microbatch[v])): float(x)
+        for v, x in zip(fz_nodes.tolist(), r_fz.tolist())
+        if x > 0
+    }
+    stats = dict(res.stats, fast_path=res.fast_path)
+    plan = FreezePlan(
+        schedule=dag.schedule,
+        ratios=ratios,
+        makespan=tl.makespan,
+        baseline_makespan=baseline,
+        status="Optimal",
+        solve_seconds=t_solve,
+        build_seconds=t1 - t0,
+        max_freeze_ratio=cap,
+        budget=budget,
+        lp_makespan=res.min_makespan,
+        min_makespan=t_lb,
+        num_rows=int(res.stats.get("master_rows", 0)),
+        num_cols=int(res.stats.get("columns", 0)),
+        unit=prof.unit,
+        stats=stats,
+    )
+    plan._timeline = tl  # type: ignore[attr-defined]
+    return plan
+
+
+def _check_simulated(makespan: float, bound: float) -> None:
+    if makespan > bound * (1 + 1e-7) + 1e-9:
+        raise PlanError(
+            f"internal error: the planned ratios simulate to makespan {makespan:.9g} but the "
+            f"solver promised {bound:.9g}; please report this with the schedule and profile"
+        )
 
 
 def _optimal():

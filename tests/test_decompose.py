@@ -1,0 +1,166 @@
+"""The decomposition planner and its native network simplex: exact against HiGHS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tfcompile.errors import PlanError
+from tfcompile.schedule import decompose, netflow
+from tfcompile.schedule.costs import CostProfile
+from tfcompile.schedule.dag import ScheduleDAG
+from tfcompile.schedule.lp import _Model, plan_freeze
+from tfcompile.schedule.simulate import longest_path
+from tfcompile.schedules import build
+
+pytestmark = pytest.mark.skipif(not netflow.available(), reason="no C compiler for netflow")
+
+
+def _random_network(rng: np.random.Generator, n: int):
+    """A DAG on nodes 0..n-1 with an uncapacitated spine and random extra arcs."""
+    src, dst, cap, cost = [], [], [], []
+    for i in range(n - 1):
+        src.append(i), dst.append(i + 1), cap.append(netflow.INF_CAP)
+        cost.append(-rng.uniform(0, 10))
+    for _ in range(int(rng.integers(0, 3 * n))):
+        a, b = sorted(rng.choice(n, 2, replace=False).tolist())
+        src.append(a), dst.append(b)
+        cap.append(
+            netflow.INF_CAP
+            if rng.random() < 0.4
+            else float(rng.choice([0.0, 0.25, 1.0, rng.uniform()]))
+        )
+        cost.append(-rng.uniform(0, 20) if rng.random() < 0.8 else rng.uniform(0, 5))
+    return np.array(src), np.array(dst), np.array(cap), np.array(cost)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_unit_min_cost_flow_is_optimal(seed):
+    """Against HiGHS (scipy linprog) on random DAGs; the flow is feasible and the potentials
+    certify it (complementary slackness)."""
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 40))
+    src, dst, cap, cost = _random_network(rng, n)
+    res = netflow.unit_min_cost_flow(src, dst, cap, cost, n)
+    m = len(src)
+    a = coo_matrix(
+        (np.r_[np.ones(m), -np.ones(m)], (np.r_[src, dst], np.r_[np.arange(m), np.arange(m)])),
+        shape=(n, m),
+    )
+    b = np.zeros(n)
+    b[0], b[-1] = 1.0, -1.0
+    ref = linprog(cost, A_eq=a, b_eq=b, bounds=list(zip(np.zeros(m), np.minimum(cap, 2.0))),
+                  method="highs")  # fmt: skip
+    assert cost @ res.flow == pytest.approx(ref.fun, abs=1e-9)
+    balance = np.bincount(src, res.flow, n) - np.bincount(dst, res.flow, n)
+    np.testing.assert_allclose(balance, b, atol=1e-12)
+    assert np.all(res.flow >= -1e-12) and np.all(res.flow <= cap + 1e-12)
+    rc = cost + res.potential[src] - res.potential[dst]
+    at_lower, at_upper = res.flow <= 1e-12, res.flow >= cap - 1e-12
+    assert np.all((at_lower & (rc >= -1e-9)) | (at_upper & (rc <= 1e-9)) | (np.abs(rc) <= 1e-9))
+
+
+def test_unit_min_cost_flow_rejects_bad_networks():
+    with pytest.raises(PlanError, match="lower to a higher"):
+        netflow.unit_min_cost_flow([1], [0], [netflow.INF_CAP], [0.0], 2)
+    with pytest.raises(PlanError, match="unreachable"):  # node 1 only over a capped arc
+        netflow.unit_min_cost_flow([0, 1, 0], [1, 2, 2], [0.5, netflow.INF_CAP, 1e18],
+                                   [-1.0, 0.0, 0.0], 3)  # fmt: skip
+
+
+def test_native_makespan_matches_simulation():
+    dag = ScheduleDAG(build("ZBV", 8, 16))
+    rng = np.random.default_rng(0)
+    dur = rng.uniform(0.5, 2.0, dag.num_nodes)
+    span = netflow.Makespan(dag)
+    assert span(dur, 0.3) == pytest.approx(longest_path(dag, dur, 0.3)[1].max(), rel=1e-12)
+
+
+@pytest.mark.parametrize("name,p,m", [("1F1B", 4, 8), ("ZBV", 6, 12), ("Interleaved1F1B", 8, 8)])
+def test_pricing_subproblem_matches_highs(name, p, m):
+    """The contracted time-cost network solves ``min T + sum rho W r`` exactly: same optimum
+    as the HiGHS LP of the full DAG without caps."""
+    rng = np.random.default_rng(p * m)
+    stages = [{k: float(rng.uniform(0.5, 2.0)) for k in ("F", "I", "W")} for _ in range(p)]
+    dag = ScheduleDAG(build(name, p, m))
+    base, wpart, comm = dag.bind(CostProfile(stages, 0.2))
+    net = decompose.TimeCostFlow(dag, base, wpart, comm)
+    model = _Model(dag, base, wpart, comm, 1.0, None, None)
+    rows = np.arange(model.num_edge_rows)
+    for trial in range(4):
+        rho = rng.choice([0.001, 0.3, 0.9, 1.5], size=len(net.fz_nodes))
+        r = net.solve(rho, 1e-12)
+        r_node = np.zeros(dag.num_nodes)
+        r_node[net.fz_nodes] = r
+        ours = longest_path(dag, base - wpart * r_node, comm)[1].max() + float(
+            (rho * net.w_fz * r).sum()
+        )
+        h = model.highs(rows, 0.0)
+        cost_idx = (model.n_anc + np.arange(len(model.fz_nodes))).astype(np.int32)
+        h.changeColsCost(len(cost_idx), cost_idx, rho * model.wpart_fz)
+        h.run()
+        assert ours == pytest.approx(h.getInfo().objective_function_value, rel=1e-9), trial
+
+
+def _frozen_work(plan, prof):
+    w = prof.arrays(plan.schedule.num_stages, plan.schedule.num_microbatches)["W"]
+    return sum(w[s, mb] * r for (s, mb), r in plan.ratios.items())
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(["GPipe", "1F1B", "Interleaved1F1B", "ZBH1", "ZBV"]),
+    p=st.integers(2, 5),
+    extra=st.integers(0, 6),
+    seed=st.integers(0, 10**6),
+    cap=st.floats(0.1, 1.0),
+    budget=st.one_of(st.none(), st.floats(0.05, 0.9)),
+)
+def test_decomposition_equals_lp(name, p, extra, seed, cap, budget):
+    """Same minimal makespan and same least cost-weighted freezing as the HiGHS LP, caps and
+    budget respected, on random schedules and uneven costs."""
+    rng = np.random.default_rng(seed)
+    stages_n = 2 * p if name in ("ZBV", "Interleaved1F1B") else p
+    m = {"ZBV": 2 * p, "Interleaved1F1B": p}.get(name, p) + extra
+    if name == "Interleaved1F1B":
+        m = p * (1 + extra // 3)
+    sched = build(name, stages_n, m, ranks=p if name == "Interleaved1F1B" else None)
+    stages = [{k: float(rng.uniform(0.3, 2.0)) for k in ("F", "I", "W")} for _ in range(stages_n)]
+    prof = CostProfile(stages, float(rng.uniform(0.0, 0.3)))
+    lp = plan_freeze(sched, prof, max_freeze_ratio=cap, budget=budget, method="lp")
+    dw = plan_freeze(sched, prof, max_freeze_ratio=cap, budget=budget, method="decomposition")
+    assert dw.stats["method"] == "decomposition"
+    assert dw.makespan == pytest.approx(lp.makespan, rel=1e-7)
+    assert _frozen_work(dw, prof) == pytest.approx(_frozen_work(lp, prof), rel=1e-6, abs=1e-7)
+    assert all(avg <= cap + 1e-9 for avg in dw.stage_average())
+    if budget is not None:
+        total_w = prof.arrays(stages_n, m)["W"].sum()
+        assert _frozen_work(dw, prof) <= budget * total_w * (1 + 1e-9) + 1e-9
+
+
+def test_auto_uses_lp_without_native_solver(monkeypatch):
+    monkeypatch.setattr(netflow, "available", lambda: False)
+    plan = plan_freeze(build("1F1B", 3, 6), CostProfile.uniform(3), 0.5)
+    assert plan.stats["method"] == "lp"
+
+
+def test_auto_falls_back_to_lp_when_decomposition_fails(monkeypatch):
+    def broken(*args, **kwargs):
+        raise PlanError("network simplex stopped at the pivot limit (1)")
+
+    monkeypatch.setattr(decompose, "plan_dw", broken)
+    plan = plan_freeze(build("1F1B", 3, 6), CostProfile.uniform(3), 0.5)
+    assert plan.stats["method"] == "lp"
+    assert "pivot limit" in plan.stats["fallback"]
+    with pytest.raises(PlanError, match="pivot limit"):
+        plan_freeze(build("1F1B", 3, 6), CostProfile.uniform(3), 0.5, method="decomposition")
+
+
+def test_unknown_method():
+    with pytest.raises(PlanError, match="method must be"):
+        plan_freeze(build("1F1B", 2, 2), CostProfile.uniform(2), 0.5, method="simplex")
