@@ -253,11 +253,12 @@ done:
     return status;
 }
 
-/* ASAP end times of a schedule DAG: nodes in topological order ``topo``; each node has at
-   most a program predecessor and a cross-rank data predecessor (-1 when absent), the latter
-   adding ``comm``. Returns the makespan. */
+/* ASAP start and end times of a schedule DAG: nodes in topological order ``topo``; each
+   node has at most a program predecessor and a cross-rank data predecessor (-1 when
+   absent), the latter adding ``comm``. ``start`` may be NULL. Returns the makespan. */
 double longest_path(int n, const long long *topo, const long long *prog_pred,
-                    const long long *data_pred, const double *dur, double comm, double *end) {
+                    const long long *data_pred, const double *dur, double comm, double *start,
+                    double *end) {
     double span = 0.0;
     for (int k = 0; k < n; k++) {
         long long v = topo[k], u = prog_pred[v];
@@ -265,6 +266,7 @@ double longest_path(int n, const long long *topo, const long long *prog_pred,
         if (u >= 0) t = end[u];
         u = data_pred[v];
         if (u >= 0 && end[u] + comm > t) t = end[u] + comm;
+        if (start) start[v] = t;
         end[v] = t + dur[v];
         if (end[v] > span) span = end[v];
     }
