@@ -143,6 +143,19 @@ def test_decomposition_equals_lp(name, p, extra, seed, cap, budget):
         assert _frozen_work(dw, prof) <= budget * total_w * (1 + 1e-9) + 1e-9
 
 
+@pytest.mark.parametrize("zero_w", [0, -1])
+def test_stage_without_weight_gradient_work(zero_w):
+    """A stage whose W costs nothing has nothing to freeze (no cap row, no priced arcs)."""
+    stages = [{"F": 1.0, "I": 1.0, "W": 0.8} for _ in range(4)]
+    stages[zero_w]["W"] = 0.0
+    prof = CostProfile(stages, 0.1)
+    sched = build("1F1B", 4, 8)
+    lp = plan_freeze(sched, prof, 0.6, method="lp")
+    dw = plan_freeze(sched, prof, 0.6, method="decomposition")
+    assert dw.makespan == pytest.approx(lp.makespan, rel=1e-7)
+    assert not any(s == zero_w % 4 for s, _ in dw.ratios)
+
+
 def test_auto_uses_lp_without_native_solver(monkeypatch):
     monkeypatch.setattr(netflow, "available", lambda: False)
     plan = plan_freeze(build("1F1B", 3, 6), CostProfile.uniform(3), 0.5)

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from tfcompile.errors import CostError
-from tfcompile.schedule.actions import Action, Schedule, action_deps
+from tfcompile.errors import CostError, ScheduleError
+from tfcompile.schedule.actions import Action, Schedule
 from tfcompile.schedule.costs import CostProfile, as_profile
 
 KIND_CODE = {"F": 0, "B": 1, "I": 2, "W": 3}
@@ -43,15 +43,40 @@ class ScheduleDAG:
         self.microbatch = np.fromiter((a.microbatch for a in self.actions), np.int64, n)
         self.kind = np.fromiter((KIND_CODE[a.kind] for a in self.actions), np.int64, n)
         self.rank = np.asarray(schedule.stage_to_rank, dtype=np.int64)[self.stage]
-        split = {
-            (s, m): False
-            for s in range(schedule.num_stages)
-            for m in range(schedule.num_microbatches)
-        }
-        for a in self.actions:
-            if a.kind == "I":
-                split[(a.stage, a.microbatch)] = True
-        self._split = split
+        # data dependencies (actions.action_deps), vectorised over a dense action-key table
+        S, M = schedule.num_stages, schedule.num_microbatches
+        s_, m_, k_ = self.stage, self.microbatch, self.kind
+        lookup = np.full(S * M * 4, -1, dtype=np.int64)
+        lookup[(s_ * M + m_) * 4 + k_] = np.arange(n)
+        split = np.zeros((S, M), dtype=bool)
+        is_i = k_ == KIND_CODE["I"]
+        split[s_[is_i], m_[is_i]] = True
+        kf, kb, ki, kw = (KIND_CODE[k] for k in "FBIW")
+        us, vs, order = [], [], []
+
+        def dep(v: np.ndarray, stage: np.ndarray, kind: Any, position: int) -> None:
+            us.append(lookup[(stage * M + m_[v]) * 4 + kind])
+            vs.append(v)
+            order.append(np.full(len(v), position))
+
+        v = np.flatnonzero((k_ == kf) & (s_ > 0))
+        dep(v, s_[v] - 1, kf, 0)  # F(s, m) <- F(s-1, m)
+        v = np.flatnonzero((k_ == kb) | (k_ == ki))
+        dep(v, s_[v], kf, 0)  # B|I(s, m) <- F(s, m)
+        v = v[s_[v] + 1 < S]
+        dep(v, s_[v] + 1, np.where(split[s_[v] + 1, m_[v]], ki, kb), 1)  # <- B|I(s+1, m)
+        v = np.flatnonzero(k_ == kw)
+        dep(v, s_[v], ki, 0)  # W(s, m) <- I(s, m)
+        u_all, v_all = np.concatenate(us), np.concatenate(vs)
+        if np.any(u_all < 0):
+            bad = int(v_all[np.argmax(u_all < 0)])
+            raise ScheduleError(f"{self.actions[bad]} depends on an action the schedule lacks")
+        sort = np.lexsort((np.concatenate(order), v_all))
+        self.data_edges = np.stack([u_all[sort], v_all[sort]], axis=1)
+        data_pred = np.full(n, -1, dtype=np.int64)
+        cross = self.rank[u_all] != self.rank[v_all]
+        data_pred[v_all[cross]] = u_all[cross]
+        self.data_pred = data_pred
         prog_pred = np.full(n, -1, dtype=np.int64)
         i = 0
         for prog in schedule.programs:
@@ -59,18 +84,6 @@ class ScheduleDAG:
                 prog_pred[i + 1 : i + len(prog)] = np.arange(i, i + len(prog) - 1)
             i += len(prog)
         self.prog_pred = prog_pred
-        data_pred = np.full(n, -1, dtype=np.int64)
-        data_edges: list[tuple[int, int]] = []
-        ranks = self.rank
-        idx = self.index
-        for v, a in enumerate(self.actions):
-            for d in action_deps(a, split, schedule.num_stages):
-                u = idx[d]
-                data_edges.append((u, v))
-                if ranks[u] != ranks[v]:
-                    data_pred[v] = u
-        self.data_pred = data_pred
-        self.data_edges = np.array(data_edges, dtype=np.int64).reshape(-1, 2)
         self.freezable = (self.kind == KIND_CODE["B"]) | (self.kind == KIND_CODE["W"])
         self.topo = self._topological_order()
         has_succ = np.zeros(n, dtype=bool)

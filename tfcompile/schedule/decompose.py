@@ -152,13 +152,20 @@ class DWResult:
 class _Master:
     """The restricted master LP over the columns found so far."""
 
-    def __init__(self, stage_fz: np.ndarray, w_fz: np.ndarray, cap_rows: np.ndarray,
-                 cap_up: np.ndarray, budget_up: float | None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        num_stages: int,
+        stage_fz: np.ndarray,
+        w_fz: np.ndarray,
+        cap_rows: np.ndarray,
+        cap_up: np.ndarray,
+        budget_up: float | None,
+    ) -> None:
         import highspy
 
         self.stage_fz, self.w_fz = stage_fz, w_fz
         self.cap_rows = cap_rows  # stages that have a cap row, in row order
-        self.row_of_stage = np.full(int(stage_fz.max()) + 1 if len(stage_fz) else 0, -1)
+        self.row_of_stage = np.full(num_stages, -1)
         self.row_of_stage[cap_rows] = np.arange(len(cap_rows))
         self.n_cap = len(cap_rows)
         self.budget_row = self.n_cap if budget_up is not None else -1
@@ -261,7 +268,9 @@ def plan_dw(
     budget_up = None
     if budget is not None and budget < 1.0:
         budget_up = budget * float(np.sum(wpart[dag.freezable]))
-    master = _Master(stage_fz, w, cap_rows, cap * counts[cap_rows].astype(float), budget_up)
+    master = _Master(
+        num_stages, stage_fz, w, cap_rows, cap * counts[cap_rows].astype(float), budget_up
+    )
     r_node = np.zeros(dag.num_nodes)
 
     span = netflow.Makespan(dag)

@@ -415,6 +415,12 @@ def _initial_rows(
     return np.flatnonzero((model.v < 0) | _tight(model, start, end))
 
 
+def _makespan(dag: ScheduleDAG, dur: np.ndarray, comm: float) -> float:
+    if netflow.available():
+        return netflow.Makespan(dag)(dur, comm)
+    return float(longest_path(dag, dur, comm)[1].max())
+
+
 def _status(h) -> str:
     return h.modelStatusToString(h.getModelStatus())
 
@@ -503,8 +509,7 @@ def _plan(
     sched = dag.schedule
     prof = as_profile(costs)
     base, wpart, comm = dag.bind(prof)
-    s0, e0 = longest_path(dag, base, comm)
-    baseline = float(e0.max())
+    baseline = _makespan(dag, base, comm)
     cap = float(max_freeze_ratio)
     stats: dict[str, Any] = {}
     if cap == 0.0 or budget == 0.0 or not np.any(dag.freezable & (wpart > 0)):
@@ -512,8 +517,7 @@ def _plan(
             sched, {}, baseline, baseline, "Optimal (nothing to freeze)", 0.0,
             time.perf_counter() - t0, cap, budget, baseline, baseline, unit=prof.unit,
         )  # fmt: skip
-    _, e1 = longest_path(dag, base - wpart, comm)
-    t_lb = float(e1.max())
+    t_lb = _makespan(dag, base - wpart, comm)
     fallback = None
     if method == "auto":
         method = "decomposition" if (netflow.available() and not row_generation) else "lp"
