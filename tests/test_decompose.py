@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from tfcompile.errors import PlanError
 from tfcompile.schedule import decompose, netflow
+from tfcompile.schedule import lp as lp_mod
 from tfcompile.schedule.costs import CostProfile
 from tfcompile.schedule.dag import ScheduleDAG
 from tfcompile.schedule.lp import _Model, plan_freeze
@@ -162,11 +163,18 @@ def test_auto_uses_lp_without_native_solver(monkeypatch):
     assert plan.stats["method"] == "lp"
 
 
+def test_auto_decomposes_large_instances_only():
+    small = plan_freeze(build("1F1B", 3, 6), CostProfile.uniform(3), 0.5)
+    large = plan_freeze(build("1F1B", 8, 32), CostProfile.uniform(8), 0.5)
+    assert (small.stats["method"], large.stats["method"]) == ("lp", "decomposition")
+
+
 def test_auto_falls_back_to_lp_when_decomposition_fails(monkeypatch):
     def broken(*args, **kwargs):
         raise PlanError("network simplex stopped at the pivot limit (1)")
 
     monkeypatch.setattr(decompose, "plan_dw", broken)
+    monkeypatch.setattr(lp_mod, "AUTO_DECOMPOSE_MIN", 0)
     plan = plan_freeze(build("1F1B", 3, 6), CostProfile.uniform(3), 0.5)
     assert plan.stats["method"] == "lp"
     assert "pivot limit" in plan.stats["fallback"]
