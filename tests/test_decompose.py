@@ -185,3 +185,19 @@ def test_auto_falls_back_to_lp_when_decomposition_fails(monkeypatch):
 def test_unknown_method():
     with pytest.raises(PlanError, match="method must be"):
         plan_freeze(build("1F1B", 2, 2), CostProfile.uniform(2), 0.5, method="simplex")
+
+
+def test_planner_replans_with_the_decomposition():
+    from tfcompile.schedule.lp import FreezePlanner
+
+    sched = build("ZBV", 4, 16)
+    planner = FreezePlanner(sched, max_freeze_ratio=0.7, method="decomposition")
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        stages = [{k: float(rng.uniform(0.5, 2.0)) for k in ("F", "I", "W")} for _ in range(4)]
+        prof = CostProfile(stages, 0.1)
+        again = planner.plan(prof)
+        fresh = plan_freeze(sched, prof, max_freeze_ratio=0.7, method="lp")
+        assert again.stats["method"] == "decomposition"
+        assert again.makespan == pytest.approx(fresh.makespan, rel=1e-7)
+        assert _frozen_work(again, prof) == pytest.approx(_frozen_work(fresh, prof), rel=1e-6)
