@@ -47,7 +47,7 @@ class TimeCostFlow:
     action (one with a cross-rank predecessor, or none at all); an end node for every
     freezable action; the step's end (last). Any other action starts exactly when its
     program predecessor ends, so it sits on that node at a fixed offset (program chains
-    are collapsed; measured 1.4x faster on ZBV, where W actions follow their I directly).
+    are collapsed; measured 1.3x faster on ZBV, where W actions follow their I directly).
     A freezable action ``v`` has two parallel arcs into its end node: gain ``base_v`` with
     capacity ``rho_v`` (the price per time unit of freezing it), and uncapacitated gain
     ``base_v - W_v`` (frozen). Costs are negated gains.

@@ -193,15 +193,6 @@ class Makespan:
         self.data_pred = np.ascontiguousarray(dag.data_pred, dtype=np.int64)
         self.end = np.zeros(self.n)
 
-    def times(self, dur: np.ndarray, comm: float) -> tuple[np.ndarray, np.ndarray]:
-        """ASAP start and end times."""
-        assert _lib is not None
-        d = np.ascontiguousarray(dur, dtype=np.float64)
-        start, end = np.zeros(self.n), np.zeros(self.n)
-        _lib.longest_path(self.n, self.topo, self.prog_pred, self.data_pred, d, float(comm),
-                          start.ctypes.data, end)  # fmt: skip
-        return start, end
-
     def __call__(self, dur: np.ndarray, comm: float) -> float:
         """The makespan."""
         assert _lib is not None
