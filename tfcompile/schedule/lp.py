@@ -462,7 +462,7 @@ def plan_freeze(
     once), ``"lp"`` (one HiGHS LP over the whole DAG), or ``"auto"``: the decomposition when
     the native solver loads and there are at least ``AUTO_DECOMPOSE_MIN`` freezable actions,
     else the LP. Both are exact (same makespan and cost-weighted freezing); the
-    decomposition is 3-30x faster from 16 stages x 128 microbatches up.
+    decomposition is 5-25x faster from 16 stages x 128 microbatches up (bench_plan).
     To re-plan the same schedule as measured costs drift, use :class:`FreezePlanner`.
     """
     return _plan(
