@@ -630,41 +630,17 @@ def _plan(
     stats["rows_used"] = int(in_model.sum())
     st2 = _status(h)
     t_solve = time.perf_counter() - t1
-    r_fz = np.clip(sol[model.n_anc : model.n_anc + len(model.fz_nodes)], 0.0, 1.0)
-    r_fz[r_fz < 1e-9] = 0.0
-    r_fz[r_fz > 1 - 1e-9] = 1.0
-    r = np.zeros(dag.num_nodes)
-    r[model.fz_nodes] = r_fz
-    tl = timeline_from_arrays(dag, base - wpart * r, r, comm, prof.unit)
-    _check_simulated(tl.makespan, bound)
-    ratios = {
-        (int(dag.stage[v]), int(dag.microbatch[v])): float(x)
-        for v, x in zip(model.fz_nodes.tolist(), r_fz.tolist())
-        if x > 0
-    }
     stats["pruned_edges"] = int(model.num_edges_total - model.num_edge_rows)
     stats["method"] = "lp"
     if fallback:
         stats["fallback"] = fallback
-    plan = FreezePlan(
-        schedule=sched,
-        ratios=ratios,
-        makespan=tl.makespan,
-        baseline_makespan=baseline,
-        status=st2,
-        solve_seconds=t_solve,
-        build_seconds=t_build,
-        max_freeze_ratio=cap,
-        budget=budget,
-        lp_makespan=t_star,
-        min_makespan=t_lb,
-        num_rows=model.nrow,
-        num_cols=model.ncol,
-        unit=prof.unit,
-        stats=stats,
-    )
-    plan._timeline = tl  # type: ignore[attr-defined]
-    return plan
+    r_fz = sol[model.n_anc : model.n_anc + len(model.fz_nodes)]
+    return _finished_plan(
+        dag, prof, base, wpart, comm, model.fz_nodes, r_fz, bound,
+        baseline_makespan=baseline, status=st2, solve_seconds=t_solve, build_seconds=t_build,
+        max_freeze_ratio=cap, budget=budget, lp_makespan=t_star, min_makespan=t_lb,
+        num_rows=model.nrow, num_cols=model.ncol, stats=stats,
+    )  # fmt: skip
 
 
 def _plan_decomposed(
@@ -685,37 +661,45 @@ def _plan_decomposed(
     t1 = time.perf_counter()
     res = plan_dw(dag, base, wpart, comm, cap, budget, FREEZE_WEIGHT, tolerance)
     t_solve = time.perf_counter() - t1
-    fz_nodes = np.flatnonzero(dag.freezable & (wpart > 0))
-    r_fz = res.ratios.copy()
+    return _finished_plan(
+        dag, prof, base, wpart, comm, np.flatnonzero(dag.freezable & (wpart > 0)),
+        res.ratios, res.min_makespan * (1 + tolerance) + 1e-12,
+        baseline_makespan=baseline, status="Optimal", solve_seconds=t_solve,
+        build_seconds=t1 - t0, max_freeze_ratio=cap, budget=budget,
+        lp_makespan=res.min_makespan, min_makespan=t_lb,
+        num_rows=int(res.stats.get("master_rows", 0)),
+        num_cols=int(res.stats.get("columns", 0)),
+        stats=dict(res.stats, fast_path=res.fast_path),
+    )  # fmt: skip
+
+
+def _finished_plan(
+    dag: ScheduleDAG,
+    prof: Any,
+    base: np.ndarray,
+    wpart: np.ndarray,
+    comm: float,
+    fz_nodes: np.ndarray,
+    r_fz: np.ndarray,
+    bound: float,
+    **fields: Any,
+) -> FreezePlan:
+    """The plan of solver ratios ``r_fz`` (one per node of ``fz_nodes``): snapped to 0 and 1
+    within 1e-9, simulated, and checked against the makespan ``bound`` the solver promised."""
+    r_fz = np.clip(r_fz, 0.0, 1.0)
     r_fz[r_fz < 1e-9] = 0.0
     r_fz[r_fz > 1 - 1e-9] = 1.0
     r = np.zeros(dag.num_nodes)
     r[fz_nodes] = r_fz
     tl = timeline_from_arrays(dag, base - wpart * r, r, comm, prof.unit)
-    bound = res.min_makespan * (1 + tolerance) + 1e-12
     _check_simulated(tl.makespan, bound)
     ratios = {
         (int(dag.stage[v]), int(dag.microbatch[v])): float(x)
         for v, x in zip(fz_nodes.tolist(), r_fz.tolist())
         if x > 0
     }
-    stats = dict(res.stats, fast_path=res.fast_path)
     plan = FreezePlan(
-        schedule=dag.schedule,
-        ratios=ratios,
-        makespan=tl.makespan,
-        baseline_makespan=baseline,
-        status="Optimal",
-        solve_seconds=t_solve,
-        build_seconds=t1 - t0,
-        max_freeze_ratio=cap,
-        budget=budget,
-        lp_makespan=res.min_makespan,
-        min_makespan=t_lb,
-        num_rows=int(res.stats.get("master_rows", 0)),
-        num_cols=int(res.stats.get("columns", 0)),
-        unit=prof.unit,
-        stats=stats,
+        schedule=dag.schedule, ratios=ratios, makespan=tl.makespan, unit=prof.unit, **fields
     )
     plan._timeline = tl  # type: ignore[attr-defined]
     return plan
