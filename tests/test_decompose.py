@@ -66,6 +66,27 @@ def test_unit_min_cost_flow_is_optimal(seed):
     assert np.all((at_lower & (rc >= -1e-9)) | (at_upper & (rc <= 1e-9)) | (np.abs(rc) <= 1e-9))
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_warm_start_after_capacity_changes(seed):
+    """Re-solving with the previous basis gives the cold optimum, whether the old basis still
+    fits the new capacities (no pivot) or not (cold start)."""
+    rng = np.random.default_rng(100 + seed)
+    n = int(rng.integers(5, 40))
+    src, dst, cap, cost = _random_network(rng, n)
+    net = netflow.UnitFlowNetwork(src, dst, cost, n)
+    first = net.solve(cap)
+    again = net.solve(cap, warm=True)  # same capacities: the old basis is optimal as it is
+    assert again.pivots == 0 and cost @ again.flow == pytest.approx(cost @ first.flow, abs=1e-12)
+    for scale in (1e-6, 1e-2, 0.5):
+        capped = cap < 1e17
+        cap = cap.copy()
+        cap[capped] = np.clip(cap[capped] * (1 + scale * rng.uniform(-1, 1, capped.sum())), 0, 1)
+        warm = net.solve(cap, warm=True)
+        cold = netflow.unit_min_cost_flow(src, dst, cap, cost, n)
+        assert cost @ warm.flow == pytest.approx(cost @ cold.flow, abs=1e-9)
+        assert np.all(warm.flow >= -1e-12) and np.all(warm.flow <= cap + 1e-12)
+
+
 def test_unit_min_cost_flow_rejects_bad_networks():
     with pytest.raises(PlanError, match="lower to a higher"):
         netflow.unit_min_cost_flow([1], [0], [netflow.INF_CAP], [0.0], 2)

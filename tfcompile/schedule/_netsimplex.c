@@ -12,6 +12,9 @@
  * capacitated arc that could carry the whole unit is better passed as uncapacitated: it
  * then joins the start tree, which cuts pivots by half on the planner's networks.)
  *
+ * Warm start: the caller may pass the optimal basis of the same network under other
+ * capacities; if its tree flows still fit, it is optimal again (see load_basis).
+ *
  * Pricing: first eligible arc in a circular topological scan. Potentials are recomputed from the parent over the moved subtree
  * at each pivot and re-derived from the root before optimality is declared. No cycle is
  * unbounded (that would be a directed cycle).
@@ -185,9 +188,54 @@ static int price_block(NS *t, int *next_arc, int block, double tol) {
     return ent;
 }
 
+
+/* Warm start: load a saved optimal basis (tree and bound states) of the same network with
+   other capacities. Its potentials are unchanged, hence dual feasible; the tree flows follow
+   from conservation with the nonbasic arcs at their (new) bounds. Returns 0 when that basis
+   is a spanning tree and primal feasible (then it is optimal), -1 otherwise. */
+static int load_basis(NS *t, const int *basis_pred, const signed char *basis_state,
+                      double tol, int *order, double *excess) {
+    int n = t->n, m = t->m;
+    for (int j = 0; j < m; j++) t->state[j] = basis_state[j];
+    for (int i = 1; i < n; i++) {
+        int a = basis_pred[i];
+        if (a < 0 || a >= m || t->state[a] != 0 || (t->src[a] != i && t->dst[a] != i)) return -1;
+        t->pred[i] = a;
+        t->parent[i] = (t->src[a] == i) ? t->dst[a] : t->src[a];
+        t->up[i] = (t->src[a] == i) ? 1 : -1;
+    }
+    for (int i = 1; i < n; i++) link_child(t, t->parent[i], i);
+    t->pi[0] = 0.0;
+    t->depth[0] = 0;
+    if (refresh_subtree(t, 0, order) != n) return -1; /* not spanning */
+    for (int j = 0; j < m; j++) {
+        if (!t->state[j]) continue;
+        double rc = t->cost[j] + t->pi[t->src[j]] - t->pi[t->dst[j]];
+        if (t->state[j] * rc < -tol) return -1;
+    }
+    for (int i = 0; i < n; i++) excess[i] = 0.0;
+    excess[0] = 1.0;
+    excess[n - 1] -= 1.0;
+    for (int j = 0; j < m; j++) {
+        if (t->state[j] == 0) continue;
+        t->flow[j] = (t->state[j] < 0) ? t->cap[j] : 0.0;
+        excess[t->src[j]] -= t->flow[j];
+        excess[t->dst[j]] += t->flow[j];
+    }
+    for (int i = n - 1; i > 0; i--) { /* preorder reversed: children before parents */
+        int x = order[i];
+        int a = t->pred[x];
+        t->flow[a] = (t->up[x] > 0) ? excess[x] : -excess[x];
+        excess[t->parent[x]] += excess[x];
+        if (t->flow[a] < -1e-12 || t->flow[a] > t->cap[a] + 1e-12) return -1;
+    }
+    return 0;
+}
+
 int ns_solve(int n, int m, const int *src, const int *dst, const double *cap,
-             const double *cost, double tol,
-             long long max_pivots, double *flow, double *pi, long long *pivots_out) {
+             const double *cost, double tol, long long max_pivots, int warm,
+             int *basis_pred, signed char *basis_state, double *flow, double *pi,
+             long long *pivots_out) {
     NS t;
     int status = 0;
     memset(&t, 0, sizeof(t));
@@ -210,26 +258,45 @@ int ns_solve(int n, int m, const int *src, const int *dst, const double *cap,
         t.depth[i] = 0;
         t.up[i] = -1;
     }
-    /* start: shortest-path tree over the uncapacitated arcs, the unit on its path */
-    for (int i = 0; i < n; i++) pi[i] = INFINITY;
-    pi[0] = 0.0;
-    for (int j = 0; j < m; j++) { /* arcs sorted by dst, src < dst: one pass */
-        flow[j] = 0.0;
-        t.state[j] = 1;
-        if (cap[j] >= INF_CAP && pi[src[j]] + cost[j] < pi[dst[j]]) {
-            pi[dst[j]] = pi[src[j]] + cost[j];
-            t.pred[dst[j]] = j;
+    int started = 0;
+    if (warm && basis_pred && basis_state) {
+        int *order = malloc(sizeof(int) * n);
+        double *excess = malloc(sizeof(double) * n);
+        if (order && excess && load_basis(&t, basis_pred, basis_state, tol, order, excess) == 0)
+            started = 1;
+        free(order);
+        free(excess);
+        if (!started) { /* cold start below: reset the tree */
+            for (int i = 0; i < n; i++) {
+                t.parent[i] = t.pred[i] = t.first_child[i] = t.next_sib[i] = -1;
+                t.prev_sib[i] = -1;
+                t.depth[i] = 0;
+                t.up[i] = -1;
+            }
         }
     }
-    for (int i = 1; i < n; i++) {
-        int a = t.pred[i];
-        if (a < 0) { status = -2; goto done; }
-        t.parent[i] = src[a];
-        t.state[a] = 0;
-        link_child(&t, src[a], i);
-        t.depth[i] = t.depth[src[a]] + 1;
+    if (!started) {
+        /* start: shortest-path tree over the uncapacitated arcs, the unit on its path */
+        for (int i = 0; i < n; i++) pi[i] = INFINITY;
+        pi[0] = 0.0;
+        for (int j = 0; j < m; j++) { /* arcs sorted by dst, src < dst: one pass */
+            flow[j] = 0.0;
+            t.state[j] = 1;
+            if (cap[j] >= INF_CAP && pi[src[j]] + cost[j] < pi[dst[j]]) {
+                pi[dst[j]] = pi[src[j]] + cost[j];
+                t.pred[dst[j]] = j;
+            }
+        }
+        for (int i = 1; i < n; i++) {
+            int a = t.pred[i];
+            if (a < 0) { status = -2; goto done; }
+            t.parent[i] = src[a];
+            t.state[a] = 0;
+            link_child(&t, src[a], i);
+            t.depth[i] = t.depth[src[a]] + 1;
+        }
+        for (int x = n - 1; x != 0; x = t.parent[x]) flow[t.pred[x]] = 1.0;
     }
-    for (int x = n - 1; x != 0; x = t.parent[x]) flow[t.pred[x]] = 1.0;
     /* first eligible arc, scanning on from the last pivot: arcs are sorted by dst, so this
        sweeps the DAG in topological order like a label-correcting pass (measured 2.3x
        faster than block search with sqrt(m) blocks on a 113k-arc pipeline network) */
@@ -246,6 +313,11 @@ int ns_solve(int n, int m, const int *src, const int *dst, const double *cap,
         if (*pivots_out >= max_pivots) { status = -1; break; }
         primal_pivot(&t, ent);
         (*pivots_out)++;
+    }
+    if (status == 0 && basis_pred && basis_state) {
+        basis_pred[0] = -1;
+        for (int i = 1; i < n; i++) basis_pred[i] = t.pred[i];
+        for (int j = 0; j < m; j++) basis_state[j] = t.state[j];
     }
 done:
     free(t.state); free(t.up); free(t.parent); free(t.pred); free(t.depth);

@@ -76,9 +76,10 @@ def _load() -> ctypes.CDLL | None:
     f = lib.ns_solve
     dptr = np.ctypeslib.ndpointer(np.float64, flags="C_CONTIGUOUS")
     iptr = np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS")
+    bptr = np.ctypeslib.ndpointer(np.int8, flags="C_CONTIGUOUS")
     f.argtypes = [
-        ctypes.c_int, ctypes.c_int, iptr, iptr, dptr, dptr, ctypes.c_double,
-        ctypes.c_longlong, dptr, dptr, ctypes.POINTER(ctypes.c_longlong),
+        ctypes.c_int, ctypes.c_int, iptr, iptr, dptr, dptr, ctypes.c_double, ctypes.c_longlong,
+        ctypes.c_int, iptr, bptr, dptr, dptr, ctypes.POINTER(ctypes.c_longlong),
     ]  # fmt: skip
     f.restype = ctypes.c_int
     lptr = np.ctypeslib.ndpointer(np.int64, flags="C_CONTIGUOUS")
@@ -109,6 +110,10 @@ class FlowResult:
 class UnitFlowNetwork:
     """A fixed network (arcs and costs) on which one unit is sent from node 0 to node
     ``num_nodes - 1`` for varying capacities (the arc order and sort are prepared once).
+    ``solve(cap, warm=True)`` first tries the previous optimal basis: with only capacities
+    changed its potentials stay dual feasible, so if its tree flows are within the new bounds
+    it is optimal as it stands (no pivot); otherwise the solve starts cold. (Repairing an
+    infeasible basis by dual pivots was measured 2-5x slower than a cold start here.)
 
     Requirements (checked): ``src < dst`` for every arc (nodes numbered topologically) and
     every node reachable from node 0 over uncapacitated arcs (capacity ``>= 1e17``): the
@@ -135,9 +140,17 @@ class UnitFlowNetwork:
         self.dst = np.ascontiguousarray(dst[self.order], dtype=np.int32)
         self.cost = np.ascontiguousarray(np.asarray(cost, dtype=np.float64)[self.order])
         self.pivots = 0
+        self.basis_pred = np.full(self.num_nodes, -1, dtype=np.int32)
+        self.basis_state = np.zeros(len(self.order), dtype=np.int8)
+        self.has_basis = False
 
     def solve(
-        self, cap: np.ndarray, *, tol: float = 1e-11, max_pivots: int | None = None
+        self,
+        cap: np.ndarray,
+        *,
+        tol: float = 1e-11,
+        max_pivots: int | None = None,
+        warm: bool = False,
     ) -> FlowResult:
         """Min-cost unit flow for capacities ``cap`` (in the constructor's arc order).
         ``tol`` is the absolute reduced-cost tolerance."""
@@ -150,8 +163,9 @@ class UnitFlowNetwork:
         pivots = ctypes.c_longlong(0)
         limit = max_pivots if max_pivots is not None else 200 * (m + self.num_nodes) + 1000
         status = lib.ns_solve(
-            self.num_nodes, m, self.src, self.dst, cap_o, self.cost, float(tol),
-            int(limit), flow, pot, ctypes.byref(pivots),
+            self.num_nodes, m, self.src, self.dst, cap_o, self.cost, float(tol), int(limit),
+            int(warm and self.has_basis), self.basis_pred, self.basis_state, flow, pot,
+            ctypes.byref(pivots),
         )  # fmt: skip
         if status == -2:
             raise PlanError(
@@ -161,6 +175,7 @@ class UnitFlowNetwork:
             raise MemoryError("network simplex: out of memory")
         if status != 0:
             raise PlanError(f"network simplex stopped at the pivot limit ({limit})")
+        self.has_basis = True
         self.pivots += int(pivots.value)
         out = np.empty(m)
         out[self.order] = flow
