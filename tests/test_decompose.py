@@ -87,6 +87,22 @@ def test_warm_start_after_capacity_changes(seed):
         assert np.all(warm.flow >= -1e-12) and np.all(warm.flow <= cap + 1e-12)
 
 
+def test_warm_start_when_a_saturated_arc_loses_its_capacity():
+    """An arc at its upper bound that becomes uncapacitated cannot keep its flow: the warm
+    solve must still give the cold optimum with the unit balanced (a basis holding that arc
+    at 1e18 would lose the balance to rounding)."""
+    src, dst = np.array([0, 0, 1, 1, 2]), np.array([1, 2, 2, 3, 3])
+    cost = np.array([-5.0, -1.0, -5.0, -1.0, -1.0])
+    net = netflow.UnitFlowNetwork(src, dst, cost, 4)
+    inf = netflow.INF_CAP
+    net.solve(np.array([inf, inf, 0.5, inf, inf]))  # arc 1->2 saturated at 0.5
+    warm = net.solve(np.array([inf, inf, inf, inf, inf]), warm=True)
+    cold = netflow.unit_min_cost_flow(src, dst, np.full(5, inf), cost, 4)
+    assert cost @ warm.flow == pytest.approx(cost @ cold.flow)
+    balance = np.bincount(src, warm.flow, 4) - np.bincount(dst, warm.flow, 4)
+    np.testing.assert_allclose(balance, [1, 0, 0, -1], atol=1e-12)
+
+
 def test_unit_min_cost_flow_rejects_bad_networks():
     with pytest.raises(PlanError, match="lower to a higher"):
         netflow.unit_min_cost_flow([1], [0], [netflow.INF_CAP], [0.0], 2)

@@ -210,6 +210,8 @@ static int load_basis(NS *t, const int *basis_pred, const signed char *basis_sta
     if (refresh_subtree(t, 0, order) != n) return -1; /* not spanning */
     for (int j = 0; j < m; j++) {
         if (!t->state[j]) continue;
+        /* an arc at its upper bound that is now uncapacitated: no finite flow to put there */
+        if (t->state[j] < 0 && t->cap[j] >= INF_CAP) return -1;
         double rc = t->cost[j] + t->pi[t->src[j]] - t->pi[t->dst[j]];
         if (t->state[j] * rc < -tol) return -1;
     }
