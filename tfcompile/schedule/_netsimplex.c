@@ -74,6 +74,18 @@ static int refresh_subtree(NS *t, int root, int *order) {
     return k;
 }
 
+/* add dpi to the potentials of the subtree below root; depths from the parents */
+static void shift_subtree(NS *t, int root, double dpi) {
+    int top = 0;
+    t->stack[top++] = root;
+    while (top) {
+        int x = t->stack[--top];
+        t->pi[x] += dpi;
+        t->depth[x] = t->depth[t->parent[x]] + 1;
+        for (int c = t->first_child[x]; c >= 0; c = t->next_sib[c]) t->stack[top++] = c;
+    }
+}
+
 /* replace tree arc pred[leave] by arc ent; u_in (in leave's subtree) hangs below u_out */
 static void rehang(NS *t, int ent, int u_in, int u_out, int leave) {
     int x = u_in, newpar = u_out, newarc = ent;
@@ -90,7 +102,11 @@ static void rehang(NS *t, int ent, int u_in, int u_out, int leave) {
         x = oldpar;
     }
     t->state[ent] = 0;
-    refresh_subtree(t, u_in, NULL);
+    /* the moved nodes keep their tree arcs among themselves, so their potentials all shift
+       by the same amount; depths follow the parents (cheaper than re-deriving potentials
+       arc by arc: measured 1.3x on the whole solve) */
+    double target = (t->up[u_in] < 0) ? t->pi[u_out] + t->cost[ent] : t->pi[u_out] - t->cost[ent];
+    shift_subtree(t, u_in, target - t->pi[u_in]);
 }
 
 /* push gamma along arc a->b of the cycle closed by the tree path b .. join .. a */
