@@ -119,6 +119,27 @@ def test_native_makespan_matches_simulation():
     assert span(dur, 0.3) == pytest.approx(longest_path(dag, dur, 0.3)[1].max(), rel=1e-12)
 
 
+@pytest.mark.parametrize(
+    "name,stages,m,kw",
+    [("GPipe", 4, 8, {}), ("1F1B", 8, 16, {}), ("Interleaved1F1B", 8, 8, {"ranks": 4}),
+     ("ZBH1", 6, 12, {}), ("ZBV", 8, 16, {})],
+)  # fmt: skip
+@pytest.mark.parametrize("split", [False, True])
+def test_native_topological_order_matches_python(name, stages, m, kw, split):
+    """The pricing network's node numbering (and so its pivot sequence) follows this order,
+    so the native order must be the Python one exactly, not just some topological order."""
+    sched = build(name, stages, m, **kw)
+    dag = ScheduleDAG(sched.with_split_backward() if split else sched)
+    native = dag._topological_order()
+    assert np.array_equal(native, dag._topological_order_python())
+    assert sorted(native.tolist()) == list(range(dag.num_nodes))
+
+
+def test_native_topological_order_stops_at_a_cycle():
+    order = netflow.topological_order(np.array([-1, 2, 1]), np.array([-1, -1, -1]))
+    assert order.tolist() == [0]
+
+
 @pytest.mark.parametrize("name,p,m", [("1F1B", 4, 8), ("ZBV", 6, 12), ("Interleaved1F1B", 8, 8)])
 def test_pricing_subproblem_matches_highs(name, p, m):
     """The contracted time-cost network solves ``min T + sum rho W r`` exactly: same optimum

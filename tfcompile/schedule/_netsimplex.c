@@ -362,3 +362,41 @@ double longest_path(int n, const long long *topo, const long long *prog_pred,
     }
     return span;
 }
+
+/* Topological order of a schedule DAG (Kahn's algorithm, last-in first-out, as
+   ScheduleDAG's Python fallback): each node has at most a program predecessor and a data
+   predecessor (-1 when absent). Successors are taken program successor first, then data
+   successors by increasing index; the sources are stacked in increasing index. Writes the
+   order to ``out`` and returns its length (less than n: a cycle), or -4 (out of memory). */
+long long topo_order(long long n, const long long *prog_pred, const long long *data_pred,
+                     long long *out) {
+    long long *start = calloc((size_t)n + 1, sizeof(long long));
+    long long *succ = malloc(sizeof(long long) * (size_t)(2 * n + 1));
+    long long *fill = malloc(sizeof(long long) * (size_t)(n + 1));
+    int *indeg = calloc((size_t)n + 1, sizeof(int));
+    long long *stack = malloc(sizeof(long long) * (size_t)(n + 1));
+    long long k = 0;
+    if (!start || !succ || !fill || !indeg || !stack) { k = -4; goto done; }
+    for (long long v = 0; v < n; v++) {
+        if (prog_pred[v] >= 0) { start[prog_pred[v] + 1]++; indeg[v]++; }
+        if (data_pred[v] >= 0) { start[data_pred[v] + 1]++; indeg[v]++; }
+    }
+    for (long long u = 0; u < n; u++) start[u + 1] += start[u];
+    for (long long u = 0; u < n; u++) fill[u] = start[u];
+    for (long long v = 0; v < n; v++)
+        if (prog_pred[v] >= 0) succ[fill[prog_pred[v]]++] = v;
+    for (long long v = 0; v < n; v++)
+        if (data_pred[v] >= 0) succ[fill[data_pred[v]]++] = v;
+    long long top = 0;
+    for (long long v = 0; v < n; v++)
+        if (indeg[v] == 0) stack[top++] = v;
+    while (top) {
+        long long u = stack[--top];
+        out[k++] = u;
+        for (long long q = start[u]; q < start[u + 1]; q++)
+            if (--indeg[succ[q]] == 0) stack[top++] = succ[q];
+    }
+done:
+    free(start); free(succ); free(fill); free(indeg); free(stack);
+    return k;
+}

@@ -93,6 +93,12 @@ class ScheduleDAG:
 
     # -- structure -------------------------------------------------------------------------
     def _topological_order(self) -> np.ndarray:
+        from tfcompile.schedule import netflow
+
+        order = netflow.topological_order(self.prog_pred, self.data_pred)
+        return order if order is not None else self._topological_order_python()
+
+    def _topological_order_python(self) -> np.ndarray:
         n = self.num_nodes
         indeg = (self.prog_pred >= 0).astype(np.int64) + (self.data_pred >= 0)
         succ: list[list[int]] = [[] for _ in range(n)]

@@ -86,6 +86,9 @@ def _load() -> ctypes.CDLL | None:
     g = lib.longest_path
     g.argtypes = [ctypes.c_int, lptr, lptr, lptr, dptr, ctypes.c_double, ctypes.c_void_p, dptr]
     g.restype = ctypes.c_double
+    h = lib.topo_order
+    h.argtypes = [ctypes.c_longlong, lptr, lptr, lptr]
+    h.restype = ctypes.c_longlong
     _lib = lib
     return lib
 
@@ -214,3 +217,18 @@ class Makespan:
         d = np.ascontiguousarray(dur, dtype=np.float64)
         return float(_lib.longest_path(self.n, self.topo, self.prog_pred, self.data_pred, d,
                                        float(comm), None, self.end))  # fmt: skip
+
+
+def topological_order(prog_pred: np.ndarray, data_pred: np.ndarray) -> np.ndarray | None:
+    """Native twin of ``ScheduleDAG``'s Kahn order (same order; a schedule DAG of 49k
+    actions takes 2 ms instead of 65 ms). None when the native library is unavailable."""
+    lib = _load()
+    if lib is None:
+        return None
+    pp = np.ascontiguousarray(prog_pred, dtype=np.int64)
+    dp = np.ascontiguousarray(data_pred, dtype=np.int64)
+    out = np.empty(len(pp), dtype=np.int64)
+    k = int(lib.topo_order(len(pp), pp, dp, out))
+    if k < 0:
+        raise MemoryError("topological order: out of memory")
+    return out[:k]
