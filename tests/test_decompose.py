@@ -202,6 +202,28 @@ def test_decomposition_equals_lp(name, p, extra, seed, cap, budget):
         assert _frozen_work(dw, prof) <= budget * total_w * (1 + 1e-9) + 1e-9
 
 
+def test_series_reduction_is_exact(monkeypatch):
+    """Merging end nodes into their single successor removes nodes on ZBV (W is mostly
+    followed by another rank's F or I) and leaves every pricing optimum unchanged."""
+    dag = ScheduleDAG(build("ZBV", 8, 16))
+    base, wpart, comm = dag.bind(CostProfile([{"F": 1.0, "I": 1.1, "W": 0.8}] * 8, 0.05))
+    merged = decompose.TimeCostFlow(dag, base, wpart, comm)
+    monkeypatch.setattr(decompose.TimeCostFlow, "_merge_series_ends", lambda self: None)
+    plain = decompose.TimeCostFlow(dag, base, wpart, comm)
+    assert merged.num_nodes < 0.8 * plain.num_nodes
+    span = netflow.Makespan(dag)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        rho = rng.choice([0.0, 0.01, 0.3, 0.9, 2.0], size=len(merged.fz_nodes))
+        values = []
+        for net in (merged, plain):
+            r = net.solve(rho, 1e-12)
+            r_node = np.zeros(dag.num_nodes)
+            r_node[net.fz_nodes] = r
+            values.append(span(base - wpart * r_node, comm) + float((rho * net.w_fz * r).sum()))
+        assert values[0] == pytest.approx(values[1], rel=1e-10)
+
+
 @pytest.mark.parametrize("zero_w", [0, -1])
 def test_stage_without_weight_gradient_work(zero_w):
     """A stage whose W costs nothing has nothing to freeze (no cap row, no priced arcs)."""
