@@ -103,6 +103,108 @@ def test_warm_start_when_a_saturated_arc_loses_its_capacity():
     np.testing.assert_allclose(balance, [1, 0, 0, -1], atol=1e-12)
 
 
+def _twinned_network(rng: np.random.Generator, n: int):
+    """A random network where some capacitated arcs get an uncapacitated twin (parallel, with
+    less gain), like the planner's unfrozen/frozen pairs."""
+    src, dst, cap, cost = _random_network(rng, n)
+    pick = np.flatnonzero((cap < 1e17) & (rng.random(len(src)) < 0.7))
+    twin = np.full(len(src) + len(pick), -1)
+    twin[pick] = len(src) + np.arange(len(pick))
+    extra = cost[pick] + rng.uniform(0.5, 5.0, len(pick))
+    return (np.r_[src, src[pick]], np.r_[dst, dst[pick]], np.r_[cap, np.full(len(pick), 1e18)],
+            np.r_[cost, extra], twin)  # fmt: skip
+
+
+def _assert_optimal(res, src, dst, cap, cost, n):
+    """Flow feasible and balanced, potentials certify it (the planner reads ratios from
+    them), value equal to a cold solve's."""
+    cold = netflow.unit_min_cost_flow(src, dst, cap, cost, n)
+    assert cost @ res.flow == pytest.approx(cost @ cold.flow, abs=1e-9)
+    assert np.all(res.flow >= -1e-12) and np.all(res.flow <= cap + 1e-12)
+    balance = np.bincount(src, res.flow, n) - np.bincount(dst, res.flow, n)
+    np.testing.assert_allclose(balance[[0, -1]], [1, -1], atol=1e-12)
+    np.testing.assert_allclose(balance[1:-1], 0, atol=1e-12)
+    rc = cost + res.potential[src] - res.potential[dst]
+    at_lower, at_upper = res.flow <= 1e-12, res.flow >= cap - 1e-12
+    assert np.all((at_lower & (rc >= -1e-9)) | (at_upper & (rc <= 1e-9)) | (np.abs(rc) <= 1e-9))
+
+
+@pytest.mark.parametrize("twins", [True, False])
+@pytest.mark.parametrize("seed", range(15))
+def test_repaired_warm_starts_are_optimal(seed, twins, monkeypatch):
+    """Warm starts forced through the repair (every pool basis, any violation, no work
+    budget) reach the cold optimum after capacities rise, fall, vanish and go to zero."""
+    monkeypatch.setattr(netflow, "REPAIR_FACTOR", np.inf)
+    monkeypatch.setattr(netflow, "WARM_BUDGET", 0.0)
+    rng = np.random.default_rng(500 + seed)
+    n = int(rng.integers(5, 40))
+    if twins:
+        src, dst, cap, cost, twin = _twinned_network(rng, n)
+    else:
+        (src, dst, cap, cost), twin = _random_network(rng, n), None
+    net = netflow.UnitFlowNetwork(src, dst, cost, n, twin=twin)
+    net.solve(cap)
+    capped = np.flatnonzero(cap < 1e17)
+    for step in range(6):
+        cap = cap.copy()
+        change = capped[rng.random(len(capped)) < 0.6]
+        cap[change] = rng.choice([0.0, 0.05, 0.3, 0.7, 1e18], len(change))
+        if step % 2:  # small moves, as between the planner's last rounds
+            cap[capped] = np.clip(cap[capped] * rng.uniform(0.9, 1.1, len(capped)), 0, 1e18)
+        _assert_optimal(net.solve(cap, warm=True), src, dst, cap, cost, n)
+    assert net.starts["repaired"] + net.starts["reused"] > 0
+
+
+def test_pool_reuses_an_older_basis():
+    """Capacities A, then B, then A again: A's basis, second in the pool, is optimal as it
+    stands (no pivot), though B's does not fit A."""
+    src, dst = np.array([0, 0, 1, 1, 2]), np.array([1, 2, 2, 3, 3])
+    cost = np.array([-5.0, -1.0, -5.0, -1.0, -1.0])
+    net = netflow.UnitFlowNetwork(src, dst, cost, 4)
+    inf = netflow.INF_CAP
+    a, b = np.array([inf, inf, 0.2, inf, inf]), np.full(5, inf)  # b: 1->2 carries the unit
+    net.solve(a)
+    net.solve(b, warm=True)
+    again = net.solve(a, warm=True)
+    assert again.pivots == 0 and net.last_start == ("reused", 1)
+    _assert_optimal(again, src, dst, a, cost, 4)
+
+
+def test_repair_over_budget_starts_cold_and_stops_repairing(monkeypatch):
+    """A repaired start over the work budget is dropped for the cold start (still optimal),
+    and that network repairs no more."""
+    monkeypatch.setattr(netflow, "REPAIR_FACTOR", np.inf)
+    monkeypatch.setattr(netflow, "WARM_BUDGET", 1e-9)  # any repaired start is over budget
+    abandoned = 0
+    for seed in range(10):
+        rng = np.random.default_rng(700 + seed)
+        n = int(rng.integers(10, 40))
+        src, dst, cap, cost, twin = _twinned_network(rng, n)
+        net = netflow.UnitFlowNetwork(src, dst, cost, n, twin=twin)
+        net.solve(cap)
+        kinds = []
+        for _ in range(5):
+            cap = cap.copy()
+            capped = cap < 1e17
+            cap[capped] = rng.uniform(0, 1, capped.sum())
+            _assert_optimal(net.solve(cap, warm=True), src, dst, cap, cost, n)
+            kinds.append(net.last_start[0])
+        assert "repaired" not in kinds and kinds.count("abandoned") <= 1
+        assert net.repairs_pay == ("abandoned" not in kinds)
+        abandoned += "abandoned" in kinds
+    assert abandoned >= 2  # deterministic seeds; the others stayed cold or reused a basis
+
+
+def test_twins_are_checked():
+    src, dst, cost = np.array([0, 0, 1]), np.array([1, 1, 2]), np.zeros(3)
+    with pytest.raises(PlanError, match="same two nodes"):
+        netflow.UnitFlowNetwork(src, dst, cost, 3, twin=[2, -1, -1])
+    with pytest.raises(PlanError, match="one entry per arc"):
+        netflow.UnitFlowNetwork(src, dst, cost, 3, twin=[1, -1])
+    with pytest.raises(PlanError, match="one to one"):
+        netflow.UnitFlowNetwork(src, dst, cost, 3, twin=[1, 0, -1])
+
+
 def test_unit_min_cost_flow_rejects_bad_networks():
     with pytest.raises(PlanError, match="lower to a higher"):
         netflow.unit_min_cost_flow([1], [0], [netflow.INF_CAP], [0.0], 2)
@@ -200,6 +302,24 @@ def test_decomposition_equals_lp(name, p, extra, seed, cap, budget):
     if budget is not None:
         total_w = prof.arrays(stages_n, m)["W"].sum()
         assert _frozen_work(dw, prof) <= budget * total_w * (1 + 1e-9) + 1e-9
+
+
+@pytest.mark.parametrize("drift", [0.0, 0.02])
+def test_decomposition_with_repaired_warm_starts_equals_lp(drift):
+    """A ZBV plan large enough that later pricing rounds start from repaired bases of
+    earlier ones: still the LP's makespan and least freezing."""
+    rng = np.random.default_rng(11)
+    base = {"F": 10.4, "I": 10.2, "W": 7.7}
+    stages = [{k: v * (1 + drift * rng.uniform(-1, 1)) for k, v in base.items()} for _ in range(12)]
+    stages[0] = {k: v * 1.1 for k, v in stages[0].items()}
+    stages[-1] = {k: v * 1.2 for k, v in stages[-1].items()}
+    prof = CostProfile(stages, 0.4)
+    sched = build("ZBV", 12, 24)
+    dw = plan_freeze(sched, prof, 0.8, method="decomposition")
+    lp = plan_freeze(sched, prof, 0.8, method="lp")
+    assert dw.stats["starts"]["repaired"] > 0
+    assert dw.makespan == pytest.approx(lp.makespan, rel=1e-9)
+    assert _frozen_work(dw, prof) == pytest.approx(_frozen_work(lp, prof), rel=1e-7)
 
 
 def test_series_reduction_is_exact(monkeypatch):

@@ -165,10 +165,12 @@ class FreezePlan:
     def _method_summary(self) -> str:
         st = self.stats
         if st.get("method") == "decomposition":
+            starts = st.get("starts", {})
+            warm = starts.get("reused", 0) + starts.get("repaired", 0)
             return (
                 f"decomposition: {st.get('subproblems', 0)} pricing rounds "
-                f"({st.get('pivots', 0)} network-simplex pivots), master {self.num_rows} rows "
-                f"x {self.num_cols} columns"
+                f"({st.get('pivots', 0)} network-simplex pivots, {warm} warm-started), "
+                f"master {self.num_rows} rows x {self.num_cols} columns"
             )
         return f"one LP, {self.num_rows} rows x {self.num_cols} cols"
 
