@@ -137,6 +137,10 @@ static void primal_pivot(NS *t, int ent) {
     int first, second;
     if (t->state[ent] == 1) { first = t->src[ent]; second = t->dst[ent]; }
     else { first = t->dst[ent]; second = t->src[ent]; }
+    if (t->cap[ent] == 0.0) { /* zero capacity: a bound flip, no cycle to walk */
+        t->state[ent] = -t->state[ent];
+        return;
+    }
     /* degenerate shortcut: when second's own tree arc has no residual in the cycle's
        direction, it can leave with delta = 0 and second's subtree simply re-hangs below
        first (no path reversal, so the tree stays strongly feasible and the moved subtree's
