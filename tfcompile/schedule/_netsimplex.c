@@ -143,9 +143,9 @@ static void primal_pivot(NS *t, int ent) {
     }
     /* degenerate shortcut: when second's own tree arc has no residual in the cycle's
        direction, it can leave with delta = 0 and second's subtree simply re-hangs below
-       first (no path reversal, so the tree stays strongly feasible and the moved subtree's
-       potentials fall: no cycling). Needs second not to be an ancestor of first. Most
-       pivots here are of this kind: they only repair potentials of flowless regions. */
+       first (no path reversal; the moved subtree's potentials fall). Needs second not to be
+       an ancestor of first. Many pivots here are of this kind: they only repair potentials
+       of flowless regions. */
     if (t->parent[second] >= 0) {
         int a = t->pred[second];
         double r = (t->up[second] > 0) ? t->cap[a] - t->flow[a] : t->flow[a];
@@ -395,15 +395,16 @@ static double violation(const NS *t, double tol) {
 }
 
 
-/* pool_*: pool_size saved optimal bases (tree pred arc per node, arc states, flows), newest
-   first. A repaired basis is preferred to the cold start when its violation is below
-   repair_factor times the cold start's; warm_budget > 0 bounds its work, and < 0 disables
-   repairs. start_out: [0] 0 cold, 1 a pool basis as it stands, 2 a repaired pool basis,
-   3 a repaired one dropped for the cold start; [1] the pool index. work_out: the work of
-   the run from the start finally taken. */
+/* pool_*: saved optimal bases (tree pred arc per node, arc states, flows) in slots;
+   pool_order lists pool_size slots, newest first. A repaired basis is preferred to the cold
+   start when its violation is below repair_factor times the cold start's; warm_budget > 0
+   bounds its work, and < 0 disables repairs. start_out: [0] 0 cold, 1 a pool basis as it
+   stands, 2 a repaired pool basis, 3 a repaired one dropped for the cold start; [1] its rank
+   in pool_order. work_out: the work of the run from the start finally taken. */
 int ns_solve(int n, int m, const int *src, const int *dst, const double *cap,
              const double *cost, const int *twin, double tol, long long max_pivots,
-             int pool_size, const int *pool_pred, const signed char *pool_state,
+             int pool_size, const int *pool_order, const int *pool_pred,
+             const signed char *pool_state,
              const double *pool_flow, int *basis_pred, signed char *basis_state, double *flow,
              double *pi, long long *pivots_out, int *start_out, double repair_factor,
              double warm_budget, double *work_out) {
@@ -435,8 +436,8 @@ int ns_solve(int n, int m, const int *src, const int *dst, const double *cap,
     int started = 0;
     for (int k = 0; k < pool_size && !started; k++) {
         reset_tree(&t);
-        if (load_basis(&t, pool_pred + (size_t)k * n, pool_state + (size_t)k * m, tol, order,
-                       excess) == 0) {
+        size_t slot = (size_t)pool_order[k];
+        if (load_basis(&t, pool_pred + slot * n, pool_state + slot * m, tol, order, excess) == 0) {
             started = 1;
             start_out[0] = 1;
             start_out[1] = k;
@@ -447,8 +448,9 @@ int ns_solve(int n, int m, const int *src, const int *dst, const double *cap,
         double best_vio = INFINITY;
         for (int k = 0; k < pool_size && warm_budget >= 0; k++) {
             reset_tree(&t);
-            if (repair_basis(&t, pool_pred + (size_t)k * n, pool_state + (size_t)k * m,
-                             pool_flow + (size_t)k * m, twin, order, superbasic) < 0)
+            size_t slot = (size_t)pool_order[k];
+            if (repair_basis(&t, pool_pred + slot * n, pool_state + slot * m, pool_flow + slot * m,
+                             twin, order, superbasic) < 0)
                 continue;
             double v = violation(&t, tol);
             if (v < best_vio) { best_vio = v; best = k; }
@@ -458,9 +460,9 @@ int ns_solve(int n, int m, const int *src, const int *dst, const double *cap,
         if (status != 0) goto done;
         if (best >= 0 && best_vio < repair_factor * violation(&t, tol)) {
             reset_tree(&t);
-            *pivots_out = repair_basis(&t, pool_pred + (size_t)best * n,
-                                       pool_state + (size_t)best * m,
-                                       pool_flow + (size_t)best * m, twin, order, superbasic);
+            size_t slot = (size_t)pool_order[best];
+            *pivots_out = repair_basis(&t, pool_pred + slot * n, pool_state + slot * m,
+                                       pool_flow + slot * m, twin, order, superbasic);
             start_out[0] = 2;
             start_out[1] = best;
         }

@@ -82,7 +82,7 @@ def _load() -> ctypes.CDLL | None:
     bptr = np.ctypeslib.ndpointer(np.int8, flags="C_CONTIGUOUS")
     f.argtypes = [
         ctypes.c_int, ctypes.c_int, iptr, iptr, dptr, dptr, iptr, ctypes.c_double,
-        ctypes.c_longlong, ctypes.c_int, iptr, bptr, dptr, iptr, bptr, dptr, dptr,
+        ctypes.c_longlong, ctypes.c_int, iptr, iptr, bptr, dptr, iptr, bptr, dptr, dptr,
         ctypes.POINTER(ctypes.c_longlong), iptr, ctypes.c_double, ctypes.c_double,
         ctypes.POINTER(ctypes.c_double),
     ]  # fmt: skip
@@ -180,8 +180,8 @@ class UnitFlowNetwork:
         self.starts = {"cold": 0, "reused": 0, "repaired": 0, "abandoned": 0}
         self.cold_work = 0.0  # the costliest cold solve's work so far
         self.repairs_pay = True
-        # optimal bases of the last solves, newest first
-        self.pool_size = 0
+        # optimal bases of the last solves in slots; pool_order: their slots, newest first
+        self.pool_order: list[int] = []
         self.pool_pred = np.zeros((POOL_SIZE, n), dtype=np.int32)
         self.pool_state = np.zeros((POOL_SIZE, m), dtype=np.int8)
         self.pool_flow = np.zeros((POOL_SIZE, m))
@@ -213,7 +213,8 @@ class UnitFlowNetwork:
         budget = WARM_BUDGET * self.cold_work if self.repairs_pay else -1.0
         status = lib.ns_solve(
             n, m, self.src, self.dst, cap_o, self.cost, self.twin, float(tol), int(limit),
-            self.pool_size if warm else 0, self.pool_pred, self.pool_state, self.pool_flow,
+            len(self.pool_order) if warm else 0, np.array(self.pool_order + [0], np.int32),
+            self.pool_pred, self.pool_state, self.pool_flow,
             pred, state, flow, pot, ctypes.byref(pivots), start, REPAIR_FACTOR, budget,
             ctypes.byref(work),
         )  # fmt: skip
@@ -232,13 +233,12 @@ class UnitFlowNetwork:
             self.cold_work = max(self.cold_work, work.value)
         if kind == "abandoned":
             self.repairs_pay = False
-        if len(self.pool_pred):
-            k = min(self.pool_size, len(self.pool_pred) - 1)  # newest first: shift, store
-            self.pool_pred[1 : k + 1] = self.pool_pred[:k]
-            self.pool_state[1 : k + 1] = self.pool_state[:k]
-            self.pool_flow[1 : k + 1] = self.pool_flow[:k]
-            self.pool_pred[0], self.pool_state[0], self.pool_flow[0] = pred, state, flow
-            self.pool_size = k + 1
+        capacity = len(self.pool_pred)
+        if capacity:  # into a free slot, else over the oldest basis
+            full = len(self.pool_order) == capacity
+            slot = self.pool_order.pop() if full else len(self.pool_order)
+            self.pool_pred[slot], self.pool_state[slot], self.pool_flow[slot] = pred, state, flow
+            self.pool_order.insert(0, slot)
         self.pivots += int(pivots.value)
         out = np.empty(m)
         out[self.order] = flow
