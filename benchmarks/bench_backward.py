@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 import tfcompile
-from tfcompile.cost import format_flops
 from tfcompile.models.llama import LlamaBlock, LlamaConfig
-from tfcompile.models.stages import lm_loss
+from tfcompile.passes.flops import format_flops
+from tfcompile.testing import lm_loss
 
 
 class Blocks(nn.Module):

@@ -35,9 +35,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from reference_lp import reference_plan  # noqa: E402
 
-from tfcompile.schedule.costs import CostProfile  # noqa: E402
-from tfcompile.schedule.lp import FreezePlanner, plan_freeze  # noqa: E402
+from tfcompile.planner.lp import FreezePlanner, plan_freeze  # noqa: E402
 from tfcompile.schedules import build  # noqa: E402
+from tfcompile.schedules.profile import CostProfile  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # GPT-3-like 28.3B, 32 stages (Qi et al. 2024, Table 9); first/last stage made heavier

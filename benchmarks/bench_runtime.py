@@ -213,7 +213,7 @@ def profile_of(pipe, steps: set[int]) -> dict:
 def b_as_i_then_w(schedule):
     """The schedule with every B(s, m) written as I(s, m) then W(s, m): how the runtime runs a
     B action (the input gradient is sent before the weight-gradient work starts)."""
-    from tfcompile.schedule.actions import Action, Schedule
+    from tfcompile.schedules.actions import Action, Schedule
 
     programs = []
     for program in schedule.programs:
@@ -231,7 +231,7 @@ def replay_error(pipe, parts, schedule=None) -> float:
     """Median over steps of (simulated - measured span) / measured span, where each step is
     simulated with its own measured per-action times (per microbatch): the error of the
     schedule model alone, without the aggregation of action times into per-stage medians."""
-    from tfcompile.schedule.simulate import simulate
+    from tfcompile.schedules.simulate import simulate
 
     S, M = pipe.num_stages, pipe.num_microbatches
     by_step: dict[int, list] = {}
@@ -258,7 +258,7 @@ def replay_error(pipe, parts, schedule=None) -> float:
 def worker(args: argparse.Namespace) -> None:
     import tfcompile
     from tfcompile.datasets import stdlib_corpus
-    from tfcompile.schedule.simulate import simulate
+    from tfcompile.schedules.simulate import simulate
 
     torch.set_num_threads(args.threads)
     world = int(os.environ["WORLD_SIZE"])

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from tfcompile.schedule.actions import Action, Schedule, action_deps
-from tfcompile.schedule.costs import as_profile
+from tfcompile.schedules.actions import Action, Schedule, action_deps
+from tfcompile.schedules.profile import as_profile
 
 MAKESPAN_WEIGHT = 999999.0
 

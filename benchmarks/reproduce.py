@@ -225,8 +225,8 @@ def worker_interleaved(args) -> None:
     sys.path.insert(0, str(ROOT / "examples"))
     import train_llama  # noqa: PLC0415 - examples/ is not a package
 
-    from tfcompile.freeze.steplog import StepLog
-    from tfcompile.trainer import TrainResult, train_step
+    from tfcompile.train.loop import TrainResult, train_step
+    from tfcompile.train.steplog import StepLog
 
     settings = model_settings(args)
     out = Path(args.out)

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 import tfcompile
-from tfcompile.cost import format_flops
 from tfcompile.models import Llama, LlamaConfig
-from tfcompile.models.stages import lm_loss
+from tfcompile.passes.flops import format_flops
+from tfcompile.testing import lm_loss
 
 OUT = Path("out")
 REPS = 9

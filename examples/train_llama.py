@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 import tfcompile
-from tfcompile.checkpoint import load_checkpoint, save_checkpoint
 from tfcompile.datasets import stdlib_corpus
-from tfcompile.freeze.steplog import StepLog
 from tfcompile.models.llama import byte_lm
-from tfcompile.trainer import train
+from tfcompile.train.checkpoint import load_checkpoint, save_checkpoint
+from tfcompile.train.loop import train
+from tfcompile.train.steplog import StepLog
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -121,9 +121,9 @@ def freeze_config(args) -> tfcompile.FreezeConfig | None:
 
 def write_dumps(pipe, out: Path) -> None:
     """Measured and predicted timelines, the DAG and the Gantt picture of the plan in force."""
-    from tfcompile.freeze.profile import planner_profile
-    from tfcompile.schedule.dumps import dag_to_dot, gantt, render_dot
-    from tfcompile.schedule.simulate import simulate
+    from tfcompile.freeze.time_model import planner_profile
+    from tfcompile.schedules.export import dag_to_dot, gantt, render_dot
+    from tfcompile.schedules.simulate import simulate
 
     pipe.write_trace(out / "timeline_measured.json")
     freezer = pipe.freezer

@@ -19,10 +19,10 @@ from torch import nn
 
 import tfcompile
 from tfcompile.datasets import digits
-from tfcompile.freeze.steplog import StepLog
 from tfcompile.models.convnext import ConvNeXt
 from tfcompile.models.vit import ViT
-from tfcompile.trainer import train
+from tfcompile.train.loop import train
+from tfcompile.train.steplog import StepLog
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,7 +1,7 @@
 """Shared pytest configuration.
 
 Options:
-  --update-golden   rewrite tests/golden/*.txt from the current graphs instead of comparing.
+  --update-golden   rewrite tests/passes/golden/*.txt from the current graphs instead of comparing.
 """
 
 import pytest
@@ -12,7 +12,7 @@ def pytest_addoption(parser):
         "--update-golden",
         action="store_true",
         default=False,
-        help="regenerate the golden graph texts under tests/golden/ instead of comparing",
+        help="regenerate the golden graph texts under tests/passes/golden/ instead of comparing",
     )
 
 

@@ -11,7 +11,7 @@ from torch import nn
 import tfcompile
 from tfcompile import GroupError, TraceError
 from tfcompile.models import Llama
-from tfcompile.models.stages import STAGE_NAMES, build_stage, llama_config, lm_loss, split_llama
+from tfcompile.testing import STAGE_NAMES, build_stage, llama_config, lm_loss, split_llama
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
 

@@ -50,8 +50,8 @@ def _register_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_schedule(args: argparse.Namespace):
-    from tfcompile.schedule.actions import Schedule
-    from tfcompile.schedule.generators import build
+    from tfcompile.schedules.actions import Schedule
+    from tfcompile.schedules.generators import build
 
     if args.schedule.lower().endswith(".csv") or os.path.exists(args.schedule):
         if args.stages is not None or args.microbatches is not None:
@@ -63,9 +63,9 @@ def _load_schedule(args: argparse.Namespace):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from tfcompile.schedule.costs import CostProfile
-    from tfcompile.schedule.lp import plan_freeze
-    from tfcompile.schedule.simulate import simulate
+    from tfcompile.planner.lp import plan_freeze
+    from tfcompile.schedules.profile import CostProfile
+    from tfcompile.schedules.simulate import simulate
 
     sched = _load_schedule(args)
     costs = CostProfile.load(args.costs) if args.costs else CostProfile.uniform(sched.num_stages)
@@ -73,7 +73,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     print(plan.summary())
     if args.out is None:
         return 0
-    from tfcompile.schedule import dumps
+    from tfcompile.schedules import export
 
     os.makedirs(args.out, exist_ok=True)
     out = lambda name: os.path.join(args.out, name)  # noqa: E731
@@ -81,17 +81,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     sched.to_csv(out("schedule.csv"))
     timeline = simulate(sched, costs, plan.ratios)
     baseline = simulate(sched, costs)
-    dot = dumps.dag_to_dot(timeline)
+    dot = export.dag_to_dot(timeline)
     with open(out("dag.dot"), "w") as f:
         f.write(dot)
-    dumps.write_trace(timeline, out("timeline.json"))
+    export.write_trace(timeline, out("timeline.json"))
     written = ["plan.json", "schedule.csv", "dag.dot", "timeline.json"]
     if not args.no_render:
-        if dumps.render_dot(dot, out("dag.svg")):
+        if export.render_dot(dot, out("dag.svg")):
             written.append("dag.svg")
         else:
             print("note: graphviz 'dot' not found; dag.svg not rendered", file=sys.stderr)
-        dumps.gantt(timeline, out("timeline.svg"), baseline=baseline)
+        export.gantt(timeline, out("timeline.svg"), baseline=baseline)
         written.append("timeline.svg")
     print(f"wrote {', '.join(written)} to {args.out}")
     return 0

@@ -26,8 +26,8 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from tfcompile import _torch_compat as compat
-from tfcompile.cost import graph_flops
 from tfcompile.errors import GroupError, RuntimeConfigError, TraceError
+from tfcompile.passes.flops import graph_flops
 from tfcompile.passes.split_weight_grad import INPUT, split_weight_grad
 
 __all__ = ["StageProgram", "trace_stage", "resolve_groups"]

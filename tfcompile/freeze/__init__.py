@@ -10,7 +10,6 @@ _LAZY = {
     "FreezeConfig": "tfcompile.freeze.config",
     "Freezer": "tfcompile.freeze.controller",
     "PlanRecord": "tfcompile.freeze.controller",
-    "StepLog": "tfcompile.freeze.steplog",
 }
 
 __all__ = list(_LAZY)

@@ -8,7 +8,7 @@ config so that every rank switches at the same step without talking to the other
 - warmup: nothing frozen (the LR warm-up).
 - monitor_wmax: nothing frozen; at its end ``pipe.measured_profile(monitor_steps)`` gives w_max.
 - monitor_wmin: every group of every local stage frozen in every microbatch; its measurement
-  gives w_min. Both are combined into the LP's profile (see `tfcompile.freeze.profile`) and
+  gives w_min. Both are combined into the LP's profile (see `tfcompile.freeze.time_model`) and
   the LP runs on every rank with the same input, so every rank gets the same plan.
 - ramp: the planned ratios scaled by k / K at the k-th decision step of K = ramp/check_every.
 - steady: the planned ratios. Every ``replan_every`` steps the profile is re-measured; when it
@@ -44,7 +44,7 @@ from tfcompile.freeze.policies import (
     random_order,
     select_for_stage,
 )
-from tfcompile.freeze.profile import planner_profile, refresh_profile
+from tfcompile.freeze.time_model import planner_profile, refresh_profile
 
 log = logging.getLogger("tfcompile.freeze")
 
@@ -89,8 +89,8 @@ class PlanRecord:
 
 def solve_plan(schedule: Any, profile: Mapping[str, Any], max_freeze_ratio: float) -> Any:
     """Run the planner's LP on a profile dict (indirection kept small for tests)."""
-    from tfcompile.schedule.costs import CostProfile
-    from tfcompile.schedule.lp import plan_freeze
+    from tfcompile.planner.lp import plan_freeze
+    from tfcompile.schedules.profile import CostProfile
 
     costs = CostProfile.from_dict(dict(profile))
     return plan_freeze(schedule, costs, max_freeze_ratio=max_freeze_ratio)
@@ -100,8 +100,8 @@ def predict_makespan(
     schedule: Any, profile: Mapping[str, Any], ratios: Mapping[ActionKey, float]
 ) -> float:
     """Step time the planner's simulator predicts for ``ratios`` under ``profile``."""
-    from tfcompile.schedule.costs import CostProfile
-    from tfcompile.schedule.simulate import simulate
+    from tfcompile.schedules.profile import CostProfile
+    from tfcompile.schedules.simulate import simulate
 
     costs = CostProfile.from_dict(dict(profile))
     return float(simulate(schedule, costs, ratios=dict(ratios)).makespan)

@@ -21,7 +21,7 @@ import torch
 import torch.fx as fx
 
 from tfcompile._torch_compat import fake_value, op_name
-from tfcompile.cost import format_flops, graph_flops
+from tfcompile.passes.flops import format_flops, graph_flops
 
 _DTYPE = {
     torch.float64: "f64",

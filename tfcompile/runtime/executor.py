@@ -85,7 +85,7 @@ def forward_only_order(programs: Sequence[Sequence], local_stages: Sequence[int]
 
 
 def _forward(stage: int, microbatch: int):
-    from tfcompile.schedule.actions import Action
+    from tfcompile.schedules.actions import Action
 
     return Action(stage, "F", microbatch)
 

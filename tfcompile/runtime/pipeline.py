@@ -1,0 +1,352 @@
+"""`Pipeline`: one rank's share of a compiled pipeline, the object users train with.
+
+`tfcompile.compile()` builds it; `Pipeline.step` runs one training step of the schedule over
+this rank's traced stages and leaves gradients on the parameters for the user's optimizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from collections.abc import Iterator, Mapping
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tfcompile.errors import GroupError, RuntimeConfigError
+from tfcompile.runtime.executor import StepRunner, forward_only_order
+from tfcompile.runtime.timers import ActionTimer, median_profile
+from tfcompile.split import StageSpec
+
+
+def _split_batch(batch, microbatches: int, what: str) -> list[tuple]:
+    tensors = batch if isinstance(batch, (tuple, list)) else (batch,)
+    chunks_per_tensor = []
+    for t in tensors:
+        if t.shape[0] % microbatches:
+            raise RuntimeConfigError(
+                f"{what} batch of {t.shape[0]} does not split into {microbatches} equal "
+                "microbatches: make the batch size a multiple of the microbatch count"
+            )
+        chunks_per_tensor.append([c.contiguous() for c in t.chunk(microbatches)])
+    return [tuple(chunks) for chunks in zip(*chunks_per_tensor)]
+
+
+class Pipeline:
+    """A compiled pipeline: this rank's traced stages and its share of the schedule."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        schedule,
+        specs: list[StageSpec],
+        programs: dict[int, object],
+        rank: int,
+        device: torch.device,
+        transport,
+        order: list,
+        example_shapes: dict,
+        distributed_run: bool,
+        lookahead: int,
+    ) -> None:
+        self.model = model
+        self.schedule = schedule
+        self.specs = specs
+        self.programs = programs
+        self.rank = rank
+        self.device = device
+        self.transport = transport
+        self.order = order
+        self.distributed = distributed_run
+        self.lookahead = lookahead
+        self.example_shapes = example_shapes
+        self.step_index = 0
+        self._execution_schedule = None
+        self.timer = ActionTimer(device, rank)
+        self.freezer = None
+        self.failure = None
+        self.last_frozen: dict = {}
+        self._tied_groups: list = []
+        grad_specs = {}
+        for stage in programs:
+            grad_specs[stage] = example_shapes["grad_specs"][stage]
+        self.runner = StepRunner(programs, schedule.num_stages, transport, self.timer, grad_specs)
+        if hasattr(transport, "on_arrival"):
+            transport.on_arrival = lambda key: self.timer.arrival(key[0], key[1], key[2])
+        self._local_param_names = self._collect_local_params()
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def execution_schedule(self):
+        """The schedule as this runtime executes it: a full backward B runs as I then W (the
+        input gradient is sent upstream before the weight gradient is computed). Plans and
+        predictions use this form so that they match what runs."""
+        if self._execution_schedule is None:
+            self._execution_schedule = self.schedule.with_split_backward()
+        return self._execution_schedule
+
+    @property
+    def num_microbatches(self) -> int:
+        return self.schedule.num_microbatches
+
+    @property
+    def num_stages(self) -> int:
+        return self.schedule.num_stages
+
+    @property
+    def local_stages(self) -> list[int]:
+        return sorted(self.programs)
+
+    def _collect_local_params(self) -> dict[str, nn.Parameter]:
+        params = {}
+        for stage in self.local_stages:
+            spec = self.specs[stage]
+            for stage_name, param in spec.module.named_parameters():
+                params.setdefault(spec.param_names[stage_name], param)
+        model_order = [n for n, _ in self.model.named_parameters()]
+        return {n: params[n] for n in model_order if n in params}
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """This rank's parameters, named as in the original model.named_parameters()."""
+        return iter(self._local_param_names.items())
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return iter(self._local_param_names.values())
+
+    def stage_groups(self, stage: int) -> dict[str, list[str]]:
+        """Freezing groups of a local stage in forward order: group -> model parameter names."""
+        spec, program = self.specs[stage], self.programs[stage]
+        order = [g for g in program.group_order if g in program.groups]
+        order += [g for g in program.groups if g not in order]
+        return {g: [spec.param_names[n] for n in program.groups[g]] for g in order}
+
+    def truncates_backward(self, stage: int) -> bool:
+        """True when the stage produces no input gradient (e.g. token ids), so a frozen prefix
+        of its groups cuts its backward short (see passes.split_weight_grad)."""
+        return not any(self.programs[stage].input_requires_grad)
+
+    def group_costs(self, stage: int) -> dict[str, float]:
+        """Weight-gradient FLOPs per group of a local stage (relative W cost)."""
+        return {g: float(f) for g, f in self.programs[stage].region_flops.items()}
+
+    # -- training -------------------------------------------------------------------------
+    def _check_frozen(self, frozen: Mapping) -> dict:
+        checked = {}
+        for key, groups in frozen.items():
+            stage, microbatch = key
+            if not 0 <= microbatch < self.num_microbatches or not 0 <= stage < self.num_stages:
+                raise RuntimeConfigError(
+                    f"frozen key {key} is outside stages 0..{self.num_stages - 1} x "
+                    f"microbatches 0..{self.num_microbatches - 1}"
+                )
+            if stage not in self.programs:
+                continue
+            groups = frozenset(groups)
+            unknown = groups - set(self.programs[stage].groups)
+            if unknown:
+                raise GroupError(
+                    f"frozen groups {sorted(unknown)} are not groups of stage {stage}; its "
+                    f"groups are {list(self.programs[stage].groups)}"
+                )
+            checked[(stage, microbatch)] = groups
+        return checked
+
+    def step(self, inputs, targets=None, frozen: Mapping | None = None):
+        """One training step; returns the mean microbatch loss on the last stage's rank.
+
+        Gradients accumulate into the parameters' .grad (each microbatch's loss is scaled by
+        1/microbatches, so they equal eager accumulation of the mean loss).
+        """
+        decided = self.freezer.before_step() if self.freezer is not None else {}
+        frozen = self._check_frozen(decided if frozen is None else frozen)
+        self.last_frozen = frozen
+        M = self.num_microbatches
+        try:
+            stage_inputs, target_mbs = self._microbatches(inputs, targets)
+            seed = torch.tensor(
+                1.0 / M, dtype=self.example_shapes["loss_dtype"], device=self.device
+            )
+            losses = self.runner.run_step(
+                self.step_index, self.order, stage_inputs, target_mbs, frozen, seed, self.lookahead
+            )
+            self._reduce_tied_grads()
+        except BaseException as exc:
+            if self.failure is not None:
+                self.failure.report(
+                    self.rank, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+                )
+            raise
+        self.step_index += 1
+        loss = torch.stack([losses[m] for m in range(M)]).mean().item() if losses else None
+        if self.freezer is not None:
+            self.freezer.after_step(self.last_step_seconds(), loss, frozen=frozen)
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self, inputs, targets=None) -> float:
+        """Mean loss of a batch, forward only, without touching gradients or the profile.
+
+        Collective under torchrun; every rank gets the loss.
+        """
+        M = self.num_microbatches
+        stage_inputs, target_mbs = self._microbatches(inputs, targets)
+        order = forward_only_order(self.schedule.programs, self.local_stages)
+        try:
+            losses = self.runner.run_step(
+                -1, order, stage_inputs, target_mbs, {}, None, self.lookahead, timed=False
+            )
+        finally:
+            for program in self.programs.values():
+                program.release()
+        local = torch.stack([losses[m] for m in range(M)]).mean().item() if losses else None
+        return next(v for v in self._gather(local) if v is not None)
+
+    def _microbatches(self, inputs, targets):
+        M = self.num_microbatches
+        stage_inputs = (
+            [tuple(t.to(self.device) for t in mb) for mb in _split_batch(inputs, M, "input")]
+            if 0 in self.programs
+            else []
+        )
+        target_mbs = None
+        if self.num_stages - 1 in self.programs:
+            if targets is None:
+                raise RuntimeConfigError("the last stage needs targets: step(inputs, targets)")
+            target_mbs = [mb[0].to(self.device) for mb in _split_batch(targets, M, "target")]
+        return stage_inputs, target_mbs
+
+    def _reduce_tied_grads(self) -> None:
+        for names, group in self._tied_groups:
+            for name in names:
+                param = self._local_param_names[name]
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+                dist.all_reduce(param.grad, group=group)
+
+    # -- measurement ----------------------------------------------------------------------
+    def last_step_seconds(self) -> float:
+        parts = self.timer.last_step()
+        if not parts:
+            return 0.0
+        return max(p.end for p in parts) - min(p.start for p in parts)
+
+    def all_gather_object(self, value) -> list:
+        """`value` from every rank, in rank order (collective under torchrun)."""
+        return self._gather(value)
+
+    def _gather(self, value):
+        if not self.distributed:
+            return [value]
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def measured_profile(self, window: int | None = None, frozen: str | None = None) -> dict:
+        """Median F, I, W per stage (ms) and comm over the last `window` steps, all ranks.
+
+        `frozen` ("none", "some", "all") restricts I and W to backward parts run with that
+        much of their stage frozen. Collective under torchrun: every rank must call it at the
+        same step.
+        """
+        local = (self.timer.window(window), self.timer.window_arrivals(window))
+        gathered = self._gather(local)
+        parts = [p for g in gathered for p in g[0]]
+        arrivals = [a for g in gathered for a in g[1]]
+        return median_profile(parts, arrivals, self.num_stages, frozen)
+
+    def profile(self, window: int | None = None):
+        """The measured cost profile as the planner's CostProfile (collective)."""
+        from tfcompile.schedules.profile import CostProfile
+
+        return CostProfile.from_dict(self.measured_profile(window))
+
+    def step_times(self, window: int | None = None) -> list[float]:
+        """Wall-clock seconds of the last steps on this rank (first action start to last end)."""
+        out = []
+        for step in list(self.timer.records)[-(window or len(self.timer.records)) :]:
+            if step:
+                out.append(max(p.end for p in step) - min(p.start for p in step))
+        return out
+
+    def write_trace(self, path: str | os.PathLike, predicted: bool = True) -> dict | None:
+        """Chrome/Perfetto trace of the last step as measured on every rank (collective).
+
+        With `predicted`, the planner's simulation of the same step from the measured profile
+        is added as extra processes ("predicted rank r") for a side-by-side view.
+        """
+        parts = [p for g in self._gather(self.timer.last_step()) for p in g]
+        profile = self.measured_profile()
+        if self.rank != 0:
+            return None
+        origin = min(p.start for p in parts)
+        events = []
+        for rank in range(self.schedule.num_ranks):
+            events.append(
+                {
+                    "name": "process_name",
+                    "ph": "M",
+                    "pid": rank,
+                    "args": {"name": f"measured rank {rank}"},
+                }
+            )
+        frozen_counts = {k: len(v) for k, v in self.last_frozen.items()}
+        for p in parts:
+            events.append(
+                {
+                    "name": f"{p.stage}{p.part}{p.microbatch}",
+                    "ph": "X",
+                    "pid": p.rank,
+                    "tid": p.stage,
+                    "ts": 1e6 * (p.start - origin),
+                    "dur": 1e6 * p.seconds,
+                    "cat": p.part,
+                    "args": {
+                        "stage": p.stage,
+                        "microbatch": p.microbatch,
+                        "frozen_groups": frozen_counts.get((p.stage, p.microbatch), 0),
+                    },
+                }
+            )
+        if predicted:
+            from tfcompile.schedules.simulate import simulate
+
+            timeline = simulate(self.execution_schedule, profile)
+            base = self.schedule.num_ranks
+            for rank in range(self.schedule.num_ranks):
+                events.append(
+                    {
+                        "name": "process_name",
+                        "ph": "M",
+                        "pid": base + rank,
+                        "args": {"name": f"predicted rank {rank}"},
+                    }
+                )
+            for action, start in timeline.start.items():
+                rank = self.schedule.stage_to_rank[action.stage]
+                events.append(
+                    {
+                        "name": str(action),
+                        "ph": "X",
+                        "pid": base + rank,
+                        "tid": action.stage,
+                        "ts": 1e3 * start,
+                        "dur": 1e3 * (timeline.end[action] - start),
+                        "cat": action.kind,
+                    }
+                )
+        trace = {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"profile": profile}}
+        with open(path, "w") as f:
+            json.dump(trace, f)
+        return trace
+
+    def close(self) -> None:
+        """Leave the process group in a clean state (a barrier), where there is one."""
+        if self.distributed:
+            dist.barrier()
+        if self.failure is not None:
+            self.failure.stop()
+
+
+__all__ = ["Pipeline"]

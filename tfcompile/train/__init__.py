@@ -1,0 +1,2 @@
+"""The training layer on top of the runtime: the loop (``loop``), the per-step log
+(``steplog``) and checkpoints (``checkpoint``)."""
