@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,21 +41,23 @@ from tfcompile.tensor_spec import TensorSpec
 __all__ = ["ROOT_GROUP", "StageProgram", "TracedStage", "resolve_groups", "trace_stage"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TracedStage:
     """Everything tracing found about one stage; what a StageProgram (or a backend) runs.
 
     Flat graph inputs are ``params, buffers, inputs[, target]`` in the order of the name
     fields; the forward returns ``mutated buffers, user outputs, saved values``; the backward
-    takes ``saved values, tangents`` and returns one gradient per flat input.
+    takes ``saved values, tangents`` and returns one gradient per flat input. Compared by
+    identity (``eq=False``): two traces are never "equal" by their graph objects.
     """
 
-    module: nn.Module
-    fw_graph: fx.GraphModule  # forward, as traced
-    bw_graph: fx.GraphModule  # backward, as traced (before the split)
-    split: SplitBackward  # backward_input variants and one weight-gradient region per group
-    params: Mapping[str, torch.Tensor]  # the module's live parameters, by canonical name
-    buffers: Mapping[str, torch.Tensor]  # the module's live buffers
+    module: nn.Module = field(repr=False)
+    fw_graph: fx.GraphModule = field(repr=False)  # forward, as traced
+    bw_graph: fx.GraphModule = field(repr=False)  # backward, as traced (before the split)
+    # backward_input variants and one weight-gradient region per group
+    split: SplitBackward = field(repr=False)
+    params: Mapping[str, torch.Tensor] = field(repr=False)  # live parameters, canonical names
+    buffers: Mapping[str, torch.Tensor] = field(repr=False)  # the module's live buffers
     param_names: tuple[str, ...]  # forward placeholders, in order
     buffer_names: tuple[str, ...]
     mutated_buffers: tuple[str, ...]  # buffers the forward updates (returned first)
