@@ -185,6 +185,8 @@ def _check_example(
 
 
 def _check_arity(module: nn.Module, inputs: Sequence[Any]) -> None:
+    """Refuse example inputs that forward's signature cannot take (one tensor per argument is
+    the convention a stage is called with), naming the signature."""
     try:
         sig = inspect.signature(module.forward)
     except (TypeError, ValueError):
