@@ -277,18 +277,10 @@ def test_error_wrong_arity_and_dtype():
 
 
 def test_error_group_map():
+    # the group rules themselves are tested in tests/test_groups.py; here: errors reach the caller
     m = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
-    x = (torch.randn(2, 4),)
     with pytest.raises(GroupError, match="unknown parameter 'nope'"):
-        tfcompile.trace_stage(m, x, groups={"a": ["nope"]})
-    with pytest.raises(GroupError, match="again"):
-        tfcompile.trace_stage(
-            m, x, groups={"a": ["0.weight", "0.bias"], "b": ["0.weight", "1.weight", "1.bias"]}
-        )
-    with pytest.raises(GroupError, match="in no group"):
-        tfcompile.trace_stage(m, x, groups={"a": ["0.weight"]})
-    with pytest.raises(GroupError, match="'block', 'tensor'"):
-        tfcompile.trace_stage(m, x, groups="layer")
+        tfcompile.trace_stage(m, (torch.randn(2, 4),), groups={"a": ["nope"]})
     prog = tfcompile.trace_stage(m, (torch.randn(2, 4, requires_grad=True),))
     prog.forward(0, torch.randn(2, 4))
     with pytest.raises(GroupError, match="unknown groups"):

@@ -24,7 +24,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "trace_stage": "tfcompile.trace",
-    "StageProgram": "tfcompile.trace",
+    "StageProgram": "tfcompile.program",
+    "TracedStage": "tfcompile.trace",
     "dump_stage": "tfcompile.passes.draw",
     "schedules": "tfcompile.schedules",
     "Action": "tfcompile.schedules.actions",

@@ -15,6 +15,10 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+# torch's pytree is the flattening torch.func and AOTAutograd use themselves, so a stage's
+# outputs flatten here exactly as they did while tracing.
+from torch.utils import _pytree
+
 CHECKED_TORCH_VERSIONS = ("2.11", "2.13")
 
 # Substrings of exception types/messages that mean "Python control flow depended on tensor data".
@@ -141,3 +145,23 @@ def make_boxed(gm: fx.GraphModule) -> bool:
     gm.graph.set_codegen(_BoxedCodeGen())
     gm.recompile()
     return True
+
+
+def tree_flatten(tree: Any) -> tuple[list[Any], Any]:
+    """Leaves of a (nested) output and its spec, as torch's pytree flattens them."""
+    return _pytree.tree_flatten(tree)
+
+
+def tree_unflatten(leaves: Sequence[Any], spec: Any) -> Any:
+    """Inverse of :func:`tree_flatten`."""
+    return _pytree.tree_unflatten(list(leaves), spec)
+
+
+def leaf_spec() -> Any:
+    """The spec of a single leaf (a lone tensor), for outputs that are never nested."""
+    return _pytree.tree_flatten(0)[1]
+
+
+def version_counter(t: torch.Tensor) -> int:
+    """The tensor's in-place modification counter (what autograd checks saved tensors with)."""
+    return t._version

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from tfcompile.errors import GroupError, RuntimeConfigError, ScheduleError
+from tfcompile.errors import RuntimeConfigError, ScheduleError
 from tfcompile.runtime import distributed
 from tfcompile.runtime.executor import interleave
 from tfcompile.runtime.pipeline import Pipeline
@@ -62,28 +62,10 @@ def _default_ranks(schedule, stages: int | None) -> int:
 
 
 def _group_spec(groups, spec: StageSpec, model_names: set[str]):
-    """Translate the user's group choice into trace_stage's, for one stage."""
-    if groups == "block":
-        return spec.groups_by_block()
-    if groups == "tensor":
-        return {spec.param_names[n]: [n] for n, _ in spec.module.named_parameters()}
-    if isinstance(groups, Mapping):
-        unknown = sorted({n for names in groups.values() for n in names} - model_names)
-        if unknown:
-            raise GroupError(
-                f"group map names parameters the model does not have: {unknown[:5]}; use names "
-                "from model.named_parameters()"
-            )
-        to_stage = {}
-        for stage_name, _ in spec.module.named_parameters():
-            to_stage[spec.param_names[stage_name]] = stage_name
-        out = {}
-        for group, names in groups.items():
-            local = [to_stage[n] for n in names if n in to_stage]
-            if local:
-                out[group] = local
-        return out
-    raise GroupError(f"groups must be 'block', 'tensor' or a dict, not {groups!r}")
+    """Translate the user's group choice into trace_stage's, for one stage (see groups.py)."""
+    from tfcompile.groups import stage_groups
+
+    return stage_groups(groups, spec, model_names)
 
 
 def _float_specs(tensors: Sequence[torch.Tensor], device) -> tuple[TensorSpec, ...]:

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from tfcompile.errors import RuntimeConfigError
+from tfcompile.groups import groups_by_block
 
 
 @dataclass
@@ -37,16 +38,9 @@ class StageSpec:
     param_names: dict[str, str] = field(default_factory=dict)  # stage name -> model name
 
     def groups_by_block(self) -> dict[str, list[str]]:
-        """One freezing group per block that owns parameters, named as in the model.
-
-        A parameter shared by two blocks (tied weights) belongs to the first block only, as in
-        `module.named_parameters()`.
-        """
-        groups: dict[str, list[str]] = {}
-        for stage_name, _ in self.module.named_parameters():
-            block_name = self.block_names[int(stage_name.split(".", 1)[0])]
-            groups.setdefault(block_name, []).append(stage_name)
-        return groups
+        """One freezing group per block that owns parameters, named as in the model (the rule
+        lives in :func:`tfcompile.groups.groups_by_block`)."""
+        return groups_by_block(self.module, self.block_names)
 
 
 def _expand(prefix: str, module: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -1,12 +1,18 @@
-"""Trace one pipeline stage into a StageProgram with skippable weight-gradient regions.
+"""Trace one pipeline stage into a TracedStage, and wrap it in a StageProgram.
 
 ``trace_stage`` runs AOTAutograd (``functorch.compile.aot_function`` over
 ``torch.func.functional_call``, parameters and buffers as flat graph inputs; see TORCH-NOTES.md)
 to get forward and backward fx GraphModules, then ``passes.split_weight_grad`` cuts the backward
 into ``backward_input`` (input gradients + the values the weight work needs, each computed once)
-and one weight-gradient region per parameter group. The program runs the raw graphs under
-``torch.no_grad()`` and keeps per-microbatch state between forward, backward_input and
-backward_weight.
+and one weight-gradient region per parameter group. What tracing found is one frozen
+:class:`TracedStage` with public fields; placeholder and output roles are also written into the
+graphs' ``node.meta`` (see ``passes/roles.py``) so passes need the graphs only. The
+:class:`~tfcompile.program.StageProgram` built from it runs the graphs.
+
+The steps are small named graph functions, called in order by ``trace_stage``:
+``_mutated_buffers`` (eager probe), ``_aot_graphs`` (AOTAutograd), ``_map_outputs`` (forward
+outputs -> buffers, user outputs, saved values), ``_label_backward_outputs`` (backward outputs
+-> groups), ``_forward_order`` (groups in forward order), ``_write_roles`` (node.meta).
 
 Shapes are static: a program is traced for the example inputs' shapes and dtypes; calling it with
 others raises TraceError (trace one program per shape).
@@ -15,340 +21,172 @@ others raises TraceError (trace one program per shape).
 from __future__ import annotations
 
 import inspect
-import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.utils import _pytree as pytree
 
 from tfcompile import _torch_compat as compat
-from tfcompile.errors import GroupError, RuntimeConfigError, TraceError
+from tfcompile.errors import TraceError
+from tfcompile.groups import ROOT_GROUP, GroupChoice, resolve_groups
 from tfcompile.passes.flops import graph_flops
-from tfcompile.passes.split_weight_grad import INPUT, split_weight_grad
+from tfcompile.passes.roles import OUTPUT_GROUPS, OUTPUT_ROLES, ROLE, output_node
+from tfcompile.passes.split_weight_grad import INPUT, SplitBackward, split_weight_grad
+from tfcompile.program import StageProgram
+from tfcompile.tensor_spec import TensorSpec
 
-__all__ = ["StageProgram", "trace_stage", "resolve_groups"]
-
-ROOT_GROUP = "_root"
-
-
-# ----------------------------------------------------------------------------- groups
-def _canonical_names(module: nn.Module) -> dict[str, str]:
-    """Every name a parameter is reachable under (tied aliases too) -> its canonical name."""
-    by_id = {id(p): n for n, p in module.named_parameters()}
-    return {n: by_id[id(p)] for n, p in module.named_parameters(remove_duplicate=False)}
+__all__ = ["ROOT_GROUP", "StageProgram", "TracedStage", "resolve_groups", "trace_stage"]
 
 
-def resolve_groups(module: nn.Module, groups: str | Mapping[str, Sequence[str]] = "block"):
-    """Group name -> canonical parameter names (only parameters that require grad).
+@dataclass(frozen=True, eq=False)
+class TracedStage:
+    """Everything tracing found about one stage; what a StageProgram (or a backend) runs.
 
-    "block": one group per direct child owning parameters (a ModuleList/Sequential child gives
-    one group per element, named e.g. ``layers.0``); parameters held by the module itself form
-    the group ``_root``. "tensor": one group per parameter. A dict: group -> parameter names.
-    A parameter reachable under several names (tied weights) belongs to the first group that
-    reaches it (for "block") and its gradient is the sum of all its uses.
-    """
-    canon = _canonical_names(module)
-    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
-    if isinstance(groups, str):
-        if groups == "tensor":
-            return {n: [n] for n, _ in module.named_parameters() if n in trainable}
-        if groups != "block":
-            raise GroupError(
-                f"groups={groups!r} is not known: use 'block', 'tensor' or a dict "
-                "group name -> list of parameter names"
-            )
-        out: dict[str, list[str]] = {}
-        seen: set[str] = set()
-
-        def add(group: str, prefix: str, mod: nn.Module) -> None:
-            for local, _ in mod.named_parameters(remove_duplicate=False):
-                name = canon[f"{prefix}{local}"]
-                if name in trainable and name not in seen:
-                    seen.add(name)
-                    out.setdefault(group, []).append(name)
-
-        own = [n for n, _ in module.named_parameters(recurse=False, remove_duplicate=False)]
-        for cname, child in module.named_children():
-            if isinstance(child, (nn.ModuleList, nn.Sequential)):
-                for ename, elem in child.named_children():
-                    add(f"{cname}.{ename}", f"{cname}.{ename}.", elem)
-            else:
-                add(cname, f"{cname}.", child)
-        for n in own:
-            name = canon[n]
-            if name in trainable and name not in seen:
-                seen.add(name)
-                out.setdefault(ROOT_GROUP, []).append(name)
-        return out
-    if not isinstance(groups, Mapping):
-        raise GroupError("groups must be 'block', 'tensor' or a dict group -> parameter names")
-    out = {}
-    owner: dict[str, str] = {}
-    for g, names in groups.items():
-        if isinstance(names, str):
-            raise GroupError(
-                f"group {g!r}: give a list of parameter names, not the string {names!r}"
-            )
-        for n in names:
-            if n not in canon:
-                close = [c for c in canon if n.split(".")[-1] in c][:5]
-                raise GroupError(
-                    f"group {g!r} names unknown parameter {n!r}; known parameters look like "
-                    f"{close or list(canon)[:5]} (see module.named_parameters())"
-                )
-            name = canon[n]
-            if name in owner:
-                raise GroupError(
-                    f"parameter {n!r} is listed in group {owner[name]!r} and again in {g!r}"
-                    + (f" (it is tied to {name!r})" if name != n else "")
-                    + ": each parameter must belong to exactly one group"
-                )
-            owner[name] = g
-            if name in trainable:
-                out.setdefault(g, []).append(name)
-    missing = sorted(trainable - set(owner))
-    if missing:
-        raise GroupError(
-            f"parameters {missing[:8]}{' ...' if len(missing) > 8 else ''} are in no group: "
-            "add them to a group (every trainable parameter needs one)"
-        )
-    return out
-
-
-# ----------------------------------------------------------------------------- program
-class _Spec:
-    __slots__ = ("shape", "dtype", "device")
-
-    def __init__(self, t: torch.Tensor, device: torch.device | None = None):
-        self.shape, self.dtype = tuple(t.shape), t.dtype
-        self.device = device if device is not None else t.device
-
-
-class StageProgram:
-    """A traced pipeline stage: forward, backward_input and per-group weight-gradient regions.
-
-    See docs/interfaces.md for the contract. Attributes: ``module``, ``groups``,
-    ``group_order``, ``region_flops``, ``input_flops``, ``forward_flops``, ``is_loss_stage``,
-    ``region_calls``, ``last_times`` (seconds of the last backward_input and of each region);
-    ``fw_graph``, ``bw_graph`` (raw traced graphs) and ``split`` (the
-    :class:`~tfcompile.passes.SplitBackward`) for inspection.
+    Flat graph inputs are ``params, buffers, inputs[, target]`` in the order of the name
+    fields; the forward returns ``mutated buffers, user outputs, saved values``; the backward
+    takes ``saved values, tangents`` and returns one gradient per flat input. Compared by
+    identity (``eq=False``): two traces are never "equal" by their graph objects.
     """
 
-    def __init__(self, **kw: Any):
-        self.__dict__.update(kw)
-        self.region_calls: Counter[str] = Counter()
-        # wall seconds of the last backward_input ("input") and of each region that last ran
-        self.last_times: dict[str, float] = {}
-        self._state: dict[int, dict[str, Any]] = {}
+    module: nn.Module = field(repr=False)
+    fw_graph: fx.GraphModule = field(repr=False)  # forward, as traced
+    bw_graph: fx.GraphModule = field(repr=False)  # backward, as traced (before the split)
+    # backward_input variants and one weight-gradient region per group
+    split: SplitBackward = field(repr=False)
+    params: Mapping[str, torch.Tensor] = field(repr=False)  # live parameters, canonical names
+    buffers: Mapping[str, torch.Tensor] = field(repr=False)  # the module's live buffers
+    param_names: tuple[str, ...]  # forward placeholders, in order
+    buffer_names: tuple[str, ...]
+    mutated_buffers: tuple[str, ...]  # buffers the forward updates (returned first)
+    input_specs: tuple[TensorSpec, ...]  # one per example input
+    input_requires_grad: tuple[bool, ...]  # whether each input gets a gradient
+    is_loss_stage: bool  # the forward returns loss_fn(outputs, target)
+    num_outputs: int  # user outputs of the forward (1 for a loss stage)
+    output_spec: Any  # pytree spec that rebuilds the module's output structure
+    saved_names: tuple[str, ...]  # backward placeholders holding saved forward values
+    tangent_names: tuple[str, ...]  # backward placeholders holding output gradients
+    tangent_outputs: tuple[int, ...]  # user output index of each tangent
+    tangent_specs: tuple[TensorSpec, ...]  # shape/dtype/device of each tangent
+    groups: dict[str, list[str]]  # group -> parameter names, in group_order
+    group_order: list[str]  # groups in order of first use in the forward
+    region_params: dict[str, list[str]]  # group -> parameters its region returns, in order
+    input_grad_slots: tuple[int, ...]  # input index of each input gradient backward_input returns
+    region_flops: dict[str, Any]  # group -> FLOPs of its weight-gradient region
+    input_flops: Any  # FLOPs of backward_input with nothing frozen
+    forward_flops: Any
 
-    # -- helpers
-    def _check_inputs(self, inputs: Sequence[Any], target: Any) -> None:
-        if len(inputs) != len(self._input_specs):
+
+def trace_stage(
+    module: nn.Module,
+    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    *,
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
+    example_target: torch.Tensor | None = None,
+    groups: GroupChoice = "block",
+    input_requires_grad: Sequence[bool] | None = None,
+) -> StageProgram:
+    """Trace `module` (one pipeline stage) into a :class:`StageProgram`.
+
+    An input gets a gradient when it is floating point and ``requires_grad`` is set on its
+    example (an activation coming from an earlier stage), or when ``input_requires_grad`` (one
+    bool per input) says so; integer token ids and inputs without ``requires_grad`` get None,
+    and then the backward stops at the earliest unfrozen group.
+    With ``loss_fn`` (last stage) the loss ``loss_fn(outputs, target)`` is part of the forward
+    and must be a scalar; pass ``example_target``. The program's ``traced`` field is the
+    :class:`TracedStage`.
+    """
+    inputs = _check_example(module, example_inputs, loss_fn, example_target)
+    group_map = resolve_groups(module, groups)
+    params = dict(module.named_parameters())
+    buffers = dict(module.named_buffers())
+    param_names, buffer_names = tuple(params), tuple(buffers)
+    is_loss = loss_fn is not None
+    eager_out, probed = _mutated_buffers(module, params, buffers, inputs)
+    needs_grad = _input_grad_flags(inputs, input_requires_grad)
+
+    fn = _stage_fn(module, param_names, buffer_names, len(inputs), loss_fn)
+    args = [
+        *(params[n].detach().requires_grad_(params[n].requires_grad) for n in param_names),
+        *(buffers[n].clone() for n in buffer_names),
+        *(x.detach().requires_grad_(needs) for x, needs in zip(inputs, needs_grad)),
+    ]
+    if is_loss:
+        args.append(example_target.detach())
+    fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(module, fn, args, len(params) + len(buffers))
+
+    outs = _map_outputs(
+        fw_gm, bw_gm, eager_out, num_fwd_outputs, is_loss, probed, len(params), buffer_names
+    )
+    device = args[0].device if params else (inputs[0].device if inputs else None)
+    tangent_specs = _tangent_specs(bw_gm, outs, is_loss, device or torch.device("cpu"))
+    labels = _label_backward_outputs(
+        bw_gm, param_names, len(buffers), group_map, needs_grad, is_loss
+    )
+    group_order = _forward_order(fw_gm, param_names, group_map)
+    _write_roles(fw_gm, bw_gm, param_names, buffer_names, len(inputs), is_loss, outs, labels)
+    split = split_weight_grad(bw_gm, labels, group_order)
+    n_pb = len(params) + len(buffers)
+    traced = TracedStage(
+        module=module,
+        fw_graph=fw_gm,
+        bw_graph=bw_gm,
+        split=split,
+        params=params,
+        buffers=buffers,
+        param_names=param_names,
+        buffer_names=buffer_names,
+        mutated_buffers=outs.mutated,
+        input_specs=tuple(TensorSpec.of(x) for x in inputs),
+        input_requires_grad=tuple(needs_grad),
+        is_loss_stage=is_loss,
+        num_outputs=outs.num_outputs,
+        output_spec=outs.output_spec,
+        saved_names=outs.saved_names,
+        tangent_names=outs.tangent_names,
+        tangent_outputs=outs.tangent_outputs,
+        tangent_specs=tangent_specs,
+        groups={g: list(group_map[g]) for g in group_order},
+        group_order=group_order,
+        region_params={g: [param_names[i] for i in split.region_grads[g]] for g in group_order},
+        input_grad_slots=tuple(i - n_pb for i in split.input_grads),
+        region_flops={g: graph_flops(split.regions[g].gm) for g in group_order},
+        input_flops=graph_flops(split.input_variant(0).gm),
+        forward_flops=graph_flops(fw_gm),
+    )
+    return StageProgram(traced)
+
+
+# ----------------------------------------------------------------------------- checks
+def _check_example(
+    module: nn.Module,
+    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
+    loss_fn: Callable | None,
+    example_target: torch.Tensor | None,
+) -> tuple[torch.Tensor, ...]:
+    """The example inputs as a tuple, refused early with a message that says what to pass
+    (instead of an AOTAutograd error from deep inside tracing)."""
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(example_inputs)
+    if not isinstance(module, nn.Module):
+        raise TraceError(f"trace_stage needs an nn.Module, got {type(module).__name__}")
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, torch.Tensor):
             raise TraceError(
-                f"forward got {len(inputs)} inputs, the stage was traced with "
-                f"{len(self._input_specs)}; pass the same number of inputs as example_inputs"
+                f"example input {i} is {type(x).__name__}: every example input must be a tensor"
             )
-        for i, (x, spec) in enumerate(zip(inputs, self._input_specs)):
-            if not isinstance(x, torch.Tensor):
-                raise TraceError(f"input {i} is {type(x).__name__}, expected a tensor")
-            if tuple(x.shape) != spec.shape or x.dtype != spec.dtype:
-                raise TraceError(
-                    f"input {i} has shape {tuple(x.shape)} and dtype {x.dtype}, the stage was "
-                    f"traced for {spec.shape} {spec.dtype}: trace a program per shape/dtype"
-                )
-        if self.is_loss_stage and target is None:
-            raise TraceError("this is a loss stage: pass target= to forward")
-
-    def _frozen_set(self, frozen) -> frozenset[str]:
-        frozen = frozenset(frozen or ())
-        unknown = frozen - set(self.groups)
-        if unknown:
-            raise GroupError(
-                f"frozen names unknown groups {sorted(unknown)}; groups are {self.group_order}"
-            )
-        return frozen
-
-    # -- execution
-    def forward(self, mb: int, *inputs: torch.Tensor, target: torch.Tensor | None = None):
-        """Run the forward of microbatch `mb`; keeps what its backward needs."""
-        self._check_inputs(inputs, target)
-        if mb in self._state:
-            raise RuntimeConfigError(
-                f"microbatch {mb} already has a pending forward on this stage: run its "
-                "backward (backward_weight) before reusing the index"
-            )
-        params = [self._params[n] for n in self._param_names]
-        buffers = [self._buffers[n] for n in self._buffer_names]
-        args = [*params, *buffers, *(x.detach() for x in inputs)]
-        if self.is_loss_stage:
-            args.append(target)
-        with torch.no_grad():
-            outs = self.fw_graph(*args)
-        n_mut = len(self._mutated_buffers)
-        for name, val in zip(self._mutated_buffers, outs[:n_mut]):
-            self._buffers[name].copy_(val)
-        user = outs[n_mut : n_mut + self._n_user]
-        saved = outs[n_mut + self._n_user :]
-        env = dict(zip(self._saved_names, saved))
-        # like eager autograd, detect saved inputs modified in place before the backward
-        versions = [(i, x, x._version) for i, x in enumerate(inputs) if isinstance(x, torch.Tensor)]
-        self._state[mb] = {"env": env, "stage": "F", "versions": versions}
-        result = pytree.tree_unflatten(list(user), self._out_spec)
-        return result
-
-    def backward_input(self, mb: int, *grad_outputs, frozen=frozenset()):
-        """Input gradients of `mb` (None where none is needed); keeps the weight-work stash."""
-        frozen = self._frozen_set(frozen)
-        st = self._state.get(mb)
-        if st is None or st["stage"] != "F":
-            raise RuntimeConfigError(
-                f"backward_input({mb}) needs a preceding forward({mb}) and no earlier "
-                "backward_input for it"
-            )
-        for i, x, v in st["versions"]:
-            if x._version != v:
-                raise RuntimeConfigError(
-                    f"input {i} of microbatch {mb} was modified in place after forward({mb}); "
-                    "the backward needs it unchanged: pass a fresh tensor (or a clone) to forward"
-                )
-        env = st["env"]
-        tangents = self._tangents(grad_outputs)
-        env.update(zip(self._tangent_names, tangents))
-        unfrozen = [g for g in self.group_order if g not in frozen]
-        k = self.group_order.index(unfrozen[0]) if unfrozen else len(self.group_order)
-        region = self.split.input_variant(k)
-        args = [env[n] for n in region.inputs]
-        # keep only what the unfrozen regions read; the rest is freed inside the graph at its
-        # last use (boxed calling convention), as eager autograd frees saved tensors
-        keep = set()
-        for g in unfrozen:
-            keep.update(self.split.regions[g].inputs)
-        env = {n: v for n, v in env.items() if n in keep}
-        st["env"] = env
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            outs = region.run(args)
-        del args
-        self.last_times = {INPUT: time.perf_counter() - t0}
-        n_in = len(self.split.input_grads)
-        env.update((n, v) for n, v in zip(region.outputs[n_in:], outs[n_in:]) if n in keep)
-        st["stage"] = "I"
-        st["frozen"] = frozen
-        grads: list[torch.Tensor | None] = [None] * len(self._input_specs)
-        for pos, g in zip(self._input_grad_slots, outs[:n_in]):
-            grads[pos] = g
-        return tuple(grads)
-
-    def backward_weight(self, mb: int, frozen=frozenset()) -> None:
-        """Accumulate .grad of the unfrozen groups' parameters; release `mb`'s state."""
-        frozen = self._frozen_set(frozen)
-        st = self._state.get(mb)
-        if st is None or st["stage"] != "I":
-            raise RuntimeConfigError(f"backward_weight({mb}) needs backward_input({mb}) first")
-        if not frozen >= st["frozen"]:
-            raise RuntimeConfigError(
-                f"backward_weight({mb}) unfreezes {sorted(st['frozen'] - frozen)} but "
-                "backward_input was told they were frozen: pass the same frozen set to both"
-            )
-        env = st["env"]
-        todo = [g for g in reversed(self.group_order) if g not in frozen]
-        remaining = Counter(n for g in todo for n in self.split.regions[g].inputs)
-        try:
-            with torch.no_grad():
-                for g in todo:
-                    region = self.split.regions[g]
-                    args = [env[n] for n in region.inputs]
-                    for n in region.inputs:  # last reader: let the region free it early
-                        remaining[n] -= 1
-                        if remaining[n] == 0:
-                            env.pop(n, None)
-                    t0 = time.perf_counter()
-                    outs = region.run(args)
-                    del args
-                    self.region_calls[g] += 1
-                    for pname, grad in zip(self._region_params[g], outs):
-                        _accumulate(self._params[pname], grad)
-                    self.last_times[g] = time.perf_counter() - t0
-        finally:
-            del self._state[mb]
-
-    def backward(self, mb: int, *grad_outputs, frozen=frozenset()):
-        """backward_input then backward_weight; returns the input gradients."""
-        grads = self.backward_input(mb, *grad_outputs, frozen=frozen)
-        self.backward_weight(mb, frozen=frozen)
-        return grads
-
-    def precompile(self) -> StageProgram:
-        """Build every backward_input variant now (they are otherwise built on first use), so
-        the first steps are not slowed by it. Returns self."""
-        for k in range(len(self.group_order) + 1):
-            self.split.input_variant(k)
-        return self
-
-    def release(self, mb: int | None = None) -> None:
-        """Drop kept state of `mb` (all microbatches when None) without computing gradients."""
-        if mb is None:
-            self._state.clear()
-        else:
-            self._state.pop(mb, None)
-
-    @property
-    def pending(self) -> list[int]:
-        return sorted(self._state)
-
-    def _tangents(self, grad_outputs):
-        if self.is_loss_stage:
-            if len(grad_outputs) > 1:
-                raise TraceError("the loss stage takes at most one grad_output (the seed)")
-            seed = grad_outputs[0] if grad_outputs else None
-            spec = self._tangent_specs[0]
-            if seed is None:
-                seed = torch.ones((), dtype=spec.dtype, device=spec.device)
-            elif not isinstance(seed, torch.Tensor):
-                seed = torch.tensor(float(seed), dtype=spec.dtype, device=spec.device)
-            return [seed.reshape(()).to(dtype=spec.dtype, device=spec.device)]
-        flat = list(grad_outputs)
-        if len(flat) == 1 and self._n_user > 1 and isinstance(flat[0], (tuple, list)):
-            flat = list(flat[0])
-        if len(flat) != self._n_user:
-            raise TraceError(
-                f"backward_input got {len(flat)} grad_outputs, the stage has {self._n_user} "
-                "outputs: pass one gradient per output (None for outputs without one)"
-            )
-        out = []
-        for i, spec in zip(self._tangent_outputs, self._tangent_specs):
-            g = flat[i]
-            if g is None:
-                g = torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device)
-            elif tuple(g.shape) != spec.shape:
-                raise TraceError(
-                    f"grad_output {i} has shape {tuple(g.shape)}, expected {spec.shape}"
-                )
-            out.append(g.contiguous())
-        return out
-
-    def __repr__(self) -> str:
-        return (
-            f"StageProgram({type(self.module).__name__}, groups={self.group_order}, "
-            f"loss_stage={self.is_loss_stage})"
-        )
+    _check_arity(module, example_inputs)
+    if loss_fn is not None and example_target is None:
+        raise TraceError("loss_fn given without example_target: pass example_target=")
+    return example_inputs
 
 
-def _accumulate(p: torch.Tensor, g: torch.Tensor) -> None:
-    if p.grad is None:
-        if g.stride() != p.stride() or g.dtype != p.dtype:
-            g = torch.empty_like(p).copy_(g)
-        p.grad = g
-    else:
-        p.grad.add_(g)
-
-
-# ----------------------------------------------------------------------------- tracing
 def _check_arity(module: nn.Module, inputs: Sequence[Any]) -> None:
+    """Refuse example inputs that forward's signature cannot take (one tensor per argument is
+    the convention a stage is called with), naming the signature."""
     try:
         sig = inspect.signature(module.forward)
     except (TypeError, ValueError):
@@ -364,107 +202,101 @@ def _check_arity(module: nn.Module, inputs: Sequence[Any]) -> None:
         ) from None
 
 
-def trace_stage(
-    module: nn.Module,
-    example_inputs: Sequence[torch.Tensor] | torch.Tensor,
-    *,
-    loss_fn=None,
-    example_target: torch.Tensor | None = None,
-    groups: str | Mapping[str, Sequence[str]] = "block",
-    input_requires_grad: Sequence[bool] | None = None,
-) -> StageProgram:
-    """Trace `module` (one pipeline stage) into a :class:`StageProgram`.
-
-    An input gets a gradient when it is floating point and ``requires_grad`` is set on its
-    example (an activation coming from an earlier stage), or when ``input_requires_grad`` (one
-    bool per input) says so; integer token ids and inputs without ``requires_grad`` get None,
-    and then the backward stops at the earliest unfrozen group.
-    With ``loss_fn`` (last stage) the loss ``loss_fn(outputs, target)`` is part of the forward
-    and must be a scalar; pass ``example_target``.
-    """
-    if isinstance(example_inputs, torch.Tensor):
-        example_inputs = (example_inputs,)
-    example_inputs = tuple(example_inputs)
-    if not isinstance(module, nn.Module):
-        raise TraceError(f"trace_stage needs an nn.Module, got {type(module).__name__}")
-    for i, x in enumerate(example_inputs):
-        if not isinstance(x, torch.Tensor):
-            raise TraceError(
-                f"example input {i} is {type(x).__name__}: every example input must be a tensor"
-            )
-    _check_arity(module, example_inputs)
-    if loss_fn is not None and example_target is None:
-        raise TraceError("loss_fn given without example_target: pass example_target=")
-    group_map = resolve_groups(module, groups)
-
-    param_names = [n for n, _ in module.named_parameters()]
-    params = dict(module.named_parameters())
-    buffer_names = [n for n, _ in module.named_buffers()]
-    buffers = dict(module.named_buffers())
-    n_p, n_b = len(param_names), len(buffer_names)
-    n_in = len(example_inputs)
-    is_loss = loss_fn is not None
-
-    # which buffers does the forward mutate (batch-norm running stats)? -> they become outputs
-    probe = {n: b.clone() for n, b in buffers.items()}
-    versions = {n: b._version for n, b in probe.items()}
-    try:
-        with torch.no_grad():
-            eager_out = torch.func.functional_call(module, {**params, **probe}, example_inputs)
-    except Exception as e:  # noqa: BLE001 - rewrap whatever the user's module raised
+def _input_grad_flags(
+    inputs: Sequence[torch.Tensor], input_requires_grad: Sequence[bool] | None
+) -> list[bool]:
+    """Whether each input gets a gradient: whether its gradient is in the backward graph at
+    all is decided at trace time, so it must be known now."""
+    if input_requires_grad is not None and len(input_requires_grad) != len(inputs):
         raise TraceError(
-            f"running {type(module).__name__} on the example inputs failed "
-            f"({type(e).__name__}: {e}). Check that example_inputs match forward's arguments "
-            f"(count, dtype: got {[x.dtype for x in example_inputs]}, shapes)"
-        ) from e
-    # fallback when AOTAutograd's output descriptors are unavailable: version or value changed
-    mutated = [
-        n
-        for n in buffer_names
-        if probe[n]._version != versions[n] or not torch.equal(probe[n], buffers[n])
-    ]
-    del probe
-
-    def stage_fn(*args):
-        p = dict(zip(param_names, args[:n_p]))
-        p.update(zip(buffer_names, args[n_p : n_p + n_b]))
-        xs = args[n_p + n_b : n_p + n_b + n_in]
-        out = torch.func.functional_call(module, p, xs)
-        if is_loss:
-            loss = loss_fn(out, args[-1])
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or loss.dim() != 0:
-                shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)
-                raise _LossShapeError(
-                    f"loss_fn must return a scalar tensor, it returned {shape}: reduce it "
-                    "(e.g. .mean() or reduction='mean')"
-                )
-            return loss
-        return out
-
-    trace_params = [params[n].detach().requires_grad_(params[n].requires_grad) for n in param_names]
-    trace_buffers = [buffers[n].clone() for n in buffer_names]
-    trace_inputs = []
-    input_needs_grad = []
-    if input_requires_grad is not None and len(input_requires_grad) != n_in:
-        raise TraceError(
-            f"input_requires_grad has {len(input_requires_grad)} entries for {n_in} inputs: "
-            "give one bool per example input"
+            f"input_requires_grad has {len(input_requires_grad)} entries for {len(inputs)} "
+            "inputs: give one bool per example input"
         )
-    for i, x in enumerate(example_inputs):
+    flags = []
+    for i, x in enumerate(inputs):
         wanted = x.requires_grad if input_requires_grad is None else input_requires_grad[i]
         if wanted and not (x.is_floating_point() or x.is_complex()):
             raise TraceError(
                 f"input {i} has dtype {x.dtype} and cannot get a gradient: set "
                 "input_requires_grad to False for it"
             )
-        needs = bool(wanted)
-        input_needs_grad.append(needs)
-        trace_inputs.append(x.detach().requires_grad_(needs))
-    args = [*trace_params, *trace_buffers, *trace_inputs]
-    if is_loss:
-        args.append(example_target.detach())
+        flags.append(bool(wanted))
+    return flags
+
+
+# ----------------------------------------------------------------------------- graph steps
+def _mutated_buffers(
+    module: nn.Module,
+    params: Mapping[str, torch.Tensor],
+    buffers: Mapping[str, torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+) -> tuple[Any, tuple[str, ...]]:
+    """Run the module once eagerly on copies of its buffers: the outputs (their structure and
+    devices are the stage's) and the buffers the forward mutates (batch-norm running stats),
+    which become extra graph outputs copied back after each forward.
+
+    The mutated set here is the fallback for when AOTAutograd's output descriptors are missing
+    (a buffer whose version or value changed); ``_map_outputs`` prefers the descriptors.
+    """
+    probe = {n: b.clone() for n, b in buffers.items()}
+    versions = {n: compat.version_counter(b) for n, b in probe.items()}
     try:
-        fw_gm, bw_gm, num_fwd_outputs, _ = compat.aot_trace(stage_fn, args, n_p + n_b)
+        with torch.no_grad():
+            eager_out = torch.func.functional_call(module, {**params, **probe}, inputs)
+    except Exception as e:  # noqa: BLE001 - rewrap whatever the user's module raised
+        raise TraceError(
+            f"running {type(module).__name__} on the example inputs failed "
+            f"({type(e).__name__}: {e}). Check that example_inputs match forward's arguments "
+            f"(count, dtype: got {[x.dtype for x in inputs]}, shapes)"
+        ) from e
+    mutated = tuple(
+        n
+        for n in buffers
+        if compat.version_counter(probe[n]) != versions[n] or not torch.equal(probe[n], buffers[n])
+    )
+    return eager_out, mutated
+
+
+class _LossShapeError(Exception):
+    pass
+
+
+def _stage_fn(
+    module: nn.Module,
+    param_names: Sequence[str],
+    buffer_names: Sequence[str],
+    n_in: int,
+    loss_fn: Callable | None,
+) -> Callable[..., Any]:
+    """The function AOTAutograd traces: parameters and buffers as flat inputs (so they are graph
+    placeholders, not constants), then the inputs, then the target of a loss stage."""
+    n_p, n_b = len(param_names), len(buffer_names)
+
+    def stage_fn(*args):
+        p = dict(zip(param_names, args[:n_p]))
+        p.update(zip(buffer_names, args[n_p : n_p + n_b]))
+        out = torch.func.functional_call(module, p, args[n_p + n_b : n_p + n_b + n_in])
+        if loss_fn is None:
+            return out
+        loss = loss_fn(out, args[-1])
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or loss.dim() != 0:
+            shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)
+            raise _LossShapeError(
+                f"loss_fn must return a scalar tensor, it returned {shape}: reduce it "
+                "(e.g. .mean() or reduction='mean')"
+            )
+        return loss
+
+    return stage_fn
+
+
+def _aot_graphs(
+    module: nn.Module, fn: Callable[..., Any], args: list, num_params_buffers: int
+) -> tuple[fx.GraphModule, fx.GraphModule, int]:
+    """Forward and backward GraphModules of `fn`, with AOTAutograd's errors turned into ones
+    that say what to change in the user's module."""
+    try:
+        fw_gm, bw_gm, num_fwd_outputs, _ = compat.aot_trace(fn, args, num_params_buffers)
     except _LossShapeError as e:
         raise TraceError(str(e)) from None
     except Exception as e:  # noqa: BLE001
@@ -482,113 +314,129 @@ def trace_stage(
             "nothing in this stage requires a gradient (no trainable parameter reaches the "
             "outputs and no input requires grad): there is no backward to compile"
         )
+    return fw_gm, bw_gm, num_fwd_outputs
 
-    # --- map graph outputs
+
+@dataclass(frozen=True)
+class _Outputs:
+    """How the forward's outputs and the backward's placeholders line up."""
+
+    mutated: tuple[str, ...]
+    num_outputs: int
+    output_spec: Any
+    flat_outputs: tuple[Any, ...]  # eager user outputs, flattened
+    saved_names: tuple[str, ...]
+    tangent_names: tuple[str, ...]
+    tangent_outputs: tuple[int, ...]
+
+
+def _map_outputs(
+    fw_gm: fx.GraphModule,
+    bw_gm: fx.GraphModule,
+    eager_out: Any,
+    num_fwd_outputs: int,
+    is_loss: bool,
+    probed: tuple[str, ...],
+    n_p: int,
+    buffer_names: tuple[str, ...],
+) -> _Outputs:
+    """Split the forward's outputs into mutated buffers, user outputs and saved values, and the
+    backward's placeholders into saved values and tangents (one per floating-point output).
+
+    AOTAutograd returns mutated inputs first; its output descriptors name them (preferred over
+    the eager probe). Saved-value placeholders carry no descriptor, so they are matched by count.
+    """
     if is_loss:
-        flat_out, out_spec = [eager_out], None
+        flat_out, out_spec = [eager_out], compat.leaf_spec()
     else:
-        flat_out, out_spec = pytree.tree_flatten(eager_out)
+        flat_out, out_spec = compat.tree_flatten(eager_out)
     n_user = 1 if is_loss else len(flat_out)
-    n_mut = num_fwd_outputs - n_user
+    n_b = len(buffer_names)
+    mutated = probed
     mut_idx = compat.mutated_input_indices(fw_gm)
     if mut_idx is not None and all(n_p <= i < n_p + n_b for i in mut_idx):
-        mutated = [buffer_names[i - n_p] for i in mut_idx]
-    if n_mut != len(mutated):
+        mutated = tuple(buffer_names[i - n_p] for i in mut_idx)
+    if num_fwd_outputs - n_user != len(mutated):
         raise TraceError(
             f"could not match the forward graph's {num_fwd_outputs} outputs to {n_user} "
             f"outputs and {len(mutated)} mutated buffers; return plain tensors from forward"
         )
-    fw_out_node = next(n for n in reversed(fw_gm.graph.nodes) if n.op == "output")
-    n_saved = len(fw_out_node.args[0]) - num_fwd_outputs
+    n_saved = len(output_node(fw_gm).args[0]) - num_fwd_outputs
     bw_ph = [n for n in bw_gm.graph.nodes if n.op == "placeholder"]
-    saved_names = [n.name for n in bw_ph[:n_saved]]
     tangent_nodes = bw_ph[n_saved:]
     if is_loss:
-        tangent_outputs = [0]
+        tangent_outputs = (0,)
     else:
-        tangent_outputs = [
-            i
-            for i, o in enumerate(flat_out)
-            if isinstance(o, torch.Tensor) and o.is_floating_point() or _is_complex(o)
-        ]
+        tangent_outputs = tuple(i for i, o in enumerate(flat_out) if _is_differentiable(o))
     if len(tangent_outputs) != len(tangent_nodes):
-        # fall back: outputs that actually require grad in the traced call
         raise TraceError(
             f"the backward graph takes {len(tangent_nodes)} output gradients but the stage has "
             f"{len(tangent_outputs)} floating-point outputs; make every floating-point output "
             "depend on a parameter or an input that requires grad"
         )
-    # fake values carry the device the graph was traced on; prefer the real outputs' device
-    out_devices = [flat_out[i].device for i in tangent_outputs] if not is_loss else []
-    if is_loss:
-        out_devices = [example_inputs[0].device if example_inputs else torch.device("cpu")]
-        if trace_params:
-            out_devices = [trace_params[0].device]
-    tangent_specs = [_Spec(compat.fake_value(t), dev) for t, dev in zip(tangent_nodes, out_devices)]
-
-    # --- label backward outputs and split
-    param_group = {p: g for g, ps in group_map.items() for p in ps}
-    labels: list[str | None] = []
-    for n in param_names:
-        labels.append(param_group.get(n))
-    labels += [None] * n_b
-    labels += [INPUT if needs else None for needs in input_needs_grad]
-    if is_loss:
-        labels.append(None)
-    bw_out_node = next(n for n in reversed(bw_gm.graph.nodes) if n.op == "output")
-    bw_outs = list(bw_out_node.args[0])
-    if len(bw_outs) != len(labels):
-        raise TraceError(f"backward graph has {len(bw_outs)} outputs, expected {len(labels)}")
-    for i, (o, lab) in enumerate(zip(bw_outs, labels)):
-        if lab is not None and o is None:
-            labels[i] = None  # parameter unused in this stage's outputs
-    group_order = _forward_order(fw_gm, param_names, group_map)
-    split = split_weight_grad(bw_gm, labels, group_order)
-    region_params = {g: [param_names[i] for i in split.region_grads[g]] for g in group_order}
-    input_grad_slots = [i - n_p - n_b for i in split.input_grads]
-
-    region_flops = {g: graph_flops(split.regions[g].gm) for g in group_order}
-    return StageProgram(
-        module=module,
-        groups={g: list(group_map[g]) for g in group_order},
-        group_order=group_order,
-        region_flops=region_flops,
-        input_flops=graph_flops(split.input_variant(0).gm),
-        forward_flops=graph_flops(fw_gm),
-        is_loss_stage=is_loss,
-        fw_graph=fw_gm,
-        bw_graph=bw_gm,
-        split=split,
-        input_requires_grad=tuple(input_needs_grad),
-        _params=params,
-        _buffers=buffers,
-        _param_names=param_names,
-        _buffer_names=buffer_names,
-        _mutated_buffers=mutated,
-        _input_specs=[_Spec(x) for x in example_inputs],
-        _n_user=n_user,
-        _out_spec=out_spec if out_spec is not None else pytree.tree_flatten(0)[1],
-        _saved_names=saved_names,
-        _tangent_names=[t.name for t in tangent_nodes],
-        _tangent_outputs=tangent_outputs,
-        _tangent_specs=tangent_specs,
-        _region_params=region_params,
-        _input_grad_slots=input_grad_slots,
+    return _Outputs(
+        mutated=mutated,
+        num_outputs=n_user,
+        output_spec=out_spec,
+        flat_outputs=tuple(flat_out),
+        saved_names=tuple(n.name for n in bw_ph[:n_saved]),
+        tangent_names=tuple(n.name for n in tangent_nodes),
+        tangent_outputs=tangent_outputs,
     )
 
 
-class _LossShapeError(Exception):
-    pass
+def _is_differentiable(o: Any) -> bool:
+    return isinstance(o, torch.Tensor) and (o.is_floating_point() or o.is_complex())
 
 
-def _is_complex(o: Any) -> bool:
-    return isinstance(o, torch.Tensor) and o.is_complex()
+def _tangent_specs(
+    bw_gm: fx.GraphModule, outs: _Outputs, is_loss: bool, param_device: torch.device
+) -> tuple[TensorSpec, ...]:
+    """Shape, dtype and device of each output gradient the backward takes (what backward_input
+    builds when the caller passes None or a plain loss seed).
+
+    Fake values carry the device the graph was traced on; the real outputs' device (the
+    parameters' for a loss) is the one gradients arrive on.
+    """
+    by_name = {n.name: n for n in bw_gm.graph.nodes if n.op == "placeholder"}
+    if is_loss:
+        devices = [param_device]
+    else:
+        devices = [outs.flat_outputs[i].device for i in outs.tangent_outputs]
+    return tuple(
+        TensorSpec.of(compat.fake_value(by_name[name]), dev)
+        for name, dev in zip(outs.tangent_names, devices)
+    )
+
+
+def _label_backward_outputs(
+    bw_gm: fx.GraphModule,
+    param_names: Sequence[str],
+    n_buffers: int,
+    group_map: Mapping[str, Sequence[str]],
+    input_needs_grad: Sequence[bool],
+    is_loss: bool,
+) -> list[str | None]:
+    """The label ``split_weight_grad`` needs for each backward output: the group of a parameter
+    gradient, INPUT for an input gradient the caller wants, None for everything else (buffers,
+    the target, parameters unused by the stage's outputs, whose gradient slot is None)."""
+    param_group = {p: g for g, ps in group_map.items() for p in ps}
+    labels: list[str | None] = [param_group.get(n) for n in param_names]
+    labels += [None] * n_buffers
+    labels += [INPUT if needs else None for needs in input_needs_grad]
+    if is_loss:
+        labels.append(None)  # the target
+    bw_outs = list(output_node(bw_gm).args[0])
+    if len(bw_outs) != len(labels):
+        raise TraceError(f"backward graph has {len(bw_outs)} outputs, expected {len(labels)}")
+    return [lab if o is not None else None for o, lab in zip(bw_outs, labels)]
 
 
 def _forward_order(
-    fw_gm: fx.GraphModule, param_names: list[str], group_map: dict[str, list[str]]
+    fw_gm: fx.GraphModule, param_names: Sequence[str], group_map: Mapping[str, Sequence[str]]
 ) -> list[str]:
-    """Groups sorted by where their parameters are first used in the forward graph."""
+    """Groups sorted by where their parameters are first used in the forward graph: the
+    backward meets them in reverse, which is what frozen-prefix truncation relies on."""
     placeholders = [n for n in fw_gm.graph.nodes if n.op == "placeholder"]
     pos = {n: i for i, n in enumerate(fw_gm.graph.nodes)}
     first_use = {}
@@ -599,3 +447,47 @@ def _forward_order(
         [g for g in declared if group_map[g]],
         key=lambda g: (min(first_use[p] for p in group_map[g]), declared.index(g)),
     )
+
+
+def _write_roles(
+    fw_gm: fx.GraphModule,
+    bw_gm: fx.GraphModule,
+    param_names: Sequence[str],
+    buffer_names: Sequence[str],
+    n_inputs: int,
+    is_loss: bool,
+    outs: _Outputs,
+    labels: Sequence[str | None],
+) -> None:
+    """Write placeholder and output roles into ``node.meta`` (see ``passes/roles.py``), so
+    passes read what each graph input and output is from the graphs alone. Runs before the
+    split, whose extracted regions copy their placeholders' meta."""
+    primal = [
+        *(f"param {n}" for n in param_names),
+        *(f"buffer {n}" for n in buffer_names),
+        *(f"input {i}" for i in range(n_inputs)),
+        *(["target"] if is_loss else []),
+    ]
+    for node, role in zip((n for n in fw_gm.graph.nodes if n.op == "placeholder"), primal):
+        _set_meta(node, ROLE, role)
+    n_saved = len(outs.saved_names)
+    fw_outputs = [
+        *(f"updated buffer {n}" for n in outs.mutated),
+        *(f"output {i}" for i in range(outs.num_outputs)),
+        *(f"saved {i}" for i in range(n_saved)),
+    ]
+    _set_meta(output_node(fw_gm), OUTPUT_ROLES, fw_outputs)
+    bw_roles = {n: f"saved {i}" for i, n in enumerate(outs.saved_names)}
+    bw_roles.update({n: f"tangent {i}" for i, n in enumerate(outs.tangent_names)})
+    for node in bw_gm.graph.nodes:
+        if node.op == "placeholder" and node.name in bw_roles:
+            _set_meta(node, ROLE, bw_roles[node.name])
+    _set_meta(output_node(bw_gm), OUTPUT_ROLES, [f"grad {role}" for role in primal])
+    _set_meta(output_node(bw_gm), OUTPUT_GROUPS, list(labels))
+
+
+def _set_meta(node: fx.Node, key: str, value: Any) -> None:
+    """Set one meta entry on a copy of the node's meta dict: the partitioner shares meta dicts
+    between the joint, forward and backward graphs' nodes (a saved parameter's backward
+    placeholder has its forward placeholder's dict), so an in-place write would leak."""
+    node.meta = {**node.meta, key: value}

@@ -144,9 +144,9 @@ def test_state_released_and_stash_pruned(llama_first_stage):
     model, tokens, target, prog = llama_first_stage
     frozen = set(prog.group_order[:2])
     prog.forward(7, tokens, target=target)
-    kept_after_forward = set(prog._state[7]["env"])
+    kept_after_forward = set(prog._state[7].env)
     prog.backward_input(7, frozen=frozen)
-    kept = set(prog._state[7]["env"])
+    kept = set(prog._state[7].env)
     allowed = set()
     for g in prog.group_order:
         if g not in frozen:

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch.fx as fx
 
 from tfcompile._torch_compat import fake_value, op_base_name
-from tfcompile.passes.flops import _VIEW_OPS, format_flops, graph_flops, node_flops
-from tfcompile.passes.golden import _fmt_val, program_roles
+from tfcompile.passes.flops import VIEW_OPS, format_flops, graph_flops, node_flops
+from tfcompile.passes.golden import format_value
+from tfcompile.passes.roles import output_node, output_roles, placeholder_roles, role_index
 from tfcompile.passes.split_weight_grad import INPUT
 
 _PALETTE = ["#fde0dd", "#e0ecf4", "#e5f5e0", "#fff7bc", "#efedf5", "#fee6ce", "#deebf7", "#f0f0f0"]
@@ -31,12 +32,12 @@ def _q(s: str) -> str:
 
 def _is_view(n: fx.Node) -> bool:
     return n.op == "call_function" and (
-        op_base_name(n.target) in _VIEW_OPS or getattr(n.target, "__name__", "") == "getitem"
+        op_base_name(n.target) in VIEW_OPS or getattr(n.target, "__name__", "") == "getitem"
     )
 
 
 def _label(n: fx.Node, role: str | None) -> str:
-    val = _fmt_val(fake_value(n))
+    val = format_value(fake_value(n))
     if n.op == "placeholder":
         return f"{role or n.name}\\n{val}"
     name = op_base_name(n.target) or getattr(n.target, "__name__", str(n.target))
@@ -86,8 +87,10 @@ class _Drawer:
 
 
 def stage_dot(program, *, compact: bool = False) -> str:
-    """DOT text of a StageProgram (see module docstring)."""
-    fw_roles, bw_roles = program_roles(program)
+    """DOT text of a StageProgram or TracedStage (see module docstring); roles of graph inputs
+    and outputs come from ``node.meta``."""
+    fw_roles = placeholder_roles(program.fw_graph)
+    bw_roles = placeholder_roles(program.bw_graph)
     split = program.split
     d = _Drawer(compact)
     L = d.lines
@@ -138,9 +141,11 @@ def stage_dot(program, *, compact: bool = False) -> str:
     d.add_edges("fw", program.fw_graph.graph)
     d.add_edges("bw", bw)
     # saved activations: forward value -> backward placeholder
-    fw_out = next(n for n in reversed(program.fw_graph.graph.nodes) if n.op == "output")
-    saved_src = list(fw_out.args[0])[len(fw_out.args[0]) - len(program._saved_names) :]
-    for src, name in zip(saved_src, program._saved_names):
+    fw_outs = zip(output_node(program.fw_graph).args[0], output_roles(program.fw_graph))
+    saved_src = {role_index(role, "saved"): src for src, role in fw_outs}
+    for name, role in bw_roles.items():
+        i = role_index(role, "saved")
+        src = saved_src.get(i) if i is not None else None
         a = d.node_id("fw", src.name) if isinstance(src, fx.Node) else ""
         b = d.node_id("bw", name)
         if a and b:

@@ -24,7 +24,7 @@ import torch.fx as fx
 
 from tfcompile._torch_compat import fake_value, op_base_name
 
-_VIEW_OPS = {
+VIEW_OPS = {
     "view",
     "_unsafe_view",
     "reshape",
@@ -81,7 +81,7 @@ def node_flops(node: fx.Node):
     if node.op != "call_function" or node.target is operator.getitem:
         return 0
     name = op_base_name(node.target)
-    if not name or name in _VIEW_OPS:
+    if not name or name in VIEW_OPS:
         return 0
     out = fake_value(node)
     args = [_val(a) for a in node.args]

@@ -8,7 +8,8 @@ Node names are replaced by sequential ``%0, %1, ...`` in graph order, so torch's
 naming (``primals_3``, ``mul_12``) never churns the text; targets are printed as aten op names,
 with the overload only when it is not ``default`` (``aten.add.Tensor``); each line ends with the
 value's dtype and shape. Placeholders can carry a role (``param layers.0.w1.weight``,
-``input 0``, ``saved``, ``tangent 0``, ``stash``) supplied by the caller.
+``input 0``, ``saved``, ``tangent 0``, ``stash``) supplied by the caller; ``program_text`` takes
+them from the graphs' ``node.meta`` (written by ``trace_stage``, see ``passes/roles.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import torch.fx as fx
 
 from tfcompile._torch_compat import fake_value, op_name
 from tfcompile.passes.flops import format_flops, graph_flops
+from tfcompile.passes.roles import ROLE, output_roles, placeholder_roles
+from tfcompile.passes.split_weight_grad import Region
 
 _DTYPE = {
     torch.float64: "f64",
@@ -38,11 +41,12 @@ _DTYPE = {
 }
 
 
-def _fmt_val(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """``f32[16, 64]`` for a (fake) tensor, a tuple of those in parentheses, a SymInt as is."""
     if isinstance(v, torch.Tensor):
         return f"{_DTYPE.get(v.dtype, str(v.dtype))}[{', '.join(str(s) for s in v.shape)}]"
     if isinstance(v, (tuple, list)):
-        return "(" + ", ".join(_fmt_val(x) for x in v) + ")"
+        return "(" + ", ".join(format_value(x) for x in v) + ")"
     if v is None:
         return "None"
     return type(v).__name__ if not isinstance(v, (int, float, torch.SymInt)) else str(v)
@@ -76,7 +80,7 @@ def graph_text(gm: fx.GraphModule | fx.Graph, roles: Mapping[str, str] | None = 
             lines.append(f"return {_fmt_arg(outs, ids)}")
             continue
         ids[node] = len(ids)
-        val = _fmt_val(fake_value(node))
+        val = format_value(fake_value(node))
         if node.op == "placeholder":
             role = roles.get(node.name, f"arg {n_ph}")
             n_ph += 1
@@ -91,55 +95,54 @@ def graph_text(gm: fx.GraphModule | fx.Graph, roles: Mapping[str, str] | None = 
     return "\n".join(lines)
 
 
-def program_roles(prog) -> tuple[dict[str, str], dict[str, str]]:
-    """Placeholder roles of the forward and backward graphs of a StageProgram."""
-    fw_ph = [n.name for n in prog.fw_graph.graph.nodes if n.op == "placeholder"]
-    names = (
-        [f"param {n}" for n in prog._param_names]
-        + [f"buffer {n}" for n in prog._buffer_names]
-        + [f"input {i}" for i in range(len(prog._input_specs))]
-        + (["target"] if prog.is_loss_stage else [])
-    )
-    fw_roles = dict(zip(fw_ph, names))
-    bw_roles = {n: f"saved {i}" for i, n in enumerate(prog._saved_names)}
-    bw_roles.update({n: f"tangent {i}" for i, n in enumerate(prog._tangent_names)})
-    return fw_roles, bw_roles
+def _count_roles(roles: list[str], kind: str) -> int:
+    return sum(1 for r in roles if r.rsplit(" ", 1)[0] == kind)
 
 
 def program_text(prog) -> str:
-    """Every graph of a StageProgram: forward, backward_input (nothing frozen), each region."""
-    fw_roles, bw_roles = program_roles(prog)
+    """Every graph of a traced stage: forward, backward_input (nothing frozen), each region.
+
+    `prog` is a StageProgram or TracedStage; only its graphs (``fw_graph``, ``bw_graph``,
+    ``split``) and its FLOP counts are read, roles come from ``node.meta``.
+    """
     stash_ids: dict[str, int] = {}
 
-    def region_roles(region):
+    def region_roles(region: Region) -> dict[str, str]:
         roles = {}
-        for name in region.inputs:
-            if name in bw_roles:
-                roles[name] = bw_roles[name]
+        phs = [n for n in region.gm.graph.nodes if n.op == "placeholder"]
+        for name, ph in zip(region.inputs, phs):
+            if ROLE in ph.meta:
+                roles[name] = ph.meta[ROLE]
             else:
                 roles[name] = f"stash {stash_ids.setdefault(name, len(stash_ids))}"
         return roles
 
-    inp = prog.split.input_variant(0)
-    n_in = len(prog.split.input_grads)
+    split = prog.split
+    inp = split.input_variant(0)
+    n_in = len(split.input_grads)
     for name in inp.outputs[n_in:]:
         stash_ids.setdefault(name, len(stash_ids))
+    fw_outs = output_roles(prog.fw_graph)
+    grads = output_roles(prog.bw_graph)  # "grad param <name>", ...
+    inp_phs = [n for n in inp.gm.graph.nodes if n.op == "placeholder"]
     parts = [
-        f"# groups: {', '.join(prog.group_order)}",
+        f"# groups: {', '.join(split.group_order)}",
         f"== forward  [{format_flops(prog.forward_flops)}]",
-        f"# returns {len(prog._mutated_buffers)} updated buffer(s), {prog._n_user} output(s), "
-        f"then {len(prog._saved_names)} saved for backward",
-        graph_text(prog.fw_graph, fw_roles),
+        f"# returns {_count_roles(fw_outs, 'updated buffer')} updated buffer(s), "
+        f"{_count_roles(fw_outs, 'output')} output(s), "
+        f"then {_count_roles(fw_outs, 'saved')} saved for backward",
+        graph_text(prog.fw_graph, placeholder_roles(prog.fw_graph)),
         f"== backward_input  [{format_flops(graph_flops(inp.gm))}]",
         f"# returns {n_in} input gradient(s), then stash "
         + ", ".join(str(stash_ids[n]) for n in inp.outputs[n_in:]),
-        graph_text(inp.gm, {n: bw_roles.get(n, n) for n in inp.inputs}),
+        graph_text(inp.gm, {n: ph.meta.get(ROLE, n) for n, ph in zip(inp.inputs, inp_phs)}),
     ]
-    for g in prog.group_order:
-        r = prog.split.regions[g]
+    for g in split.group_order:
+        r = split.regions[g]
+        params = [grads[i].removeprefix("grad param ") for i in split.region_grads[g]]
         parts += [
             f"== region {g}  [{format_flops(prog.region_flops[g])}]",
-            f"# params: {', '.join(prog._region_params[g])}",
+            f"# params: {', '.join(params)}",
             graph_text(r.gm, region_roles(r)),
         ]
     return "\n".join(parts) + "\n"

@@ -18,12 +18,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from tfcompile.errors import PipelineFailure
+from tfcompile.tensor_spec import TensorSpec
 
 MessageKey = tuple[str, int, int]  # (kind, src_stage, microbatch)
 
@@ -56,13 +56,6 @@ class LocalTransport:
 
     def finish_step(self) -> None:
         pass
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    device: torch.device | str = "cpu"
 
 
 class FailureSignal:

@@ -1,0 +1,319 @@
+"""StageProgram: runs a traced stage, microbatch by microbatch.
+
+A :class:`~tfcompile.trace.TracedStage` is what tracing found (graphs, names, specs, groups);
+a StageProgram is the execution state machine over it. Per microbatch it goes
+``forward`` -> ``backward_input`` -> ``backward_weight`` (or ``backward`` for both), keeping
+between the calls only what the next one reads: the saved activations after the forward, the
+stash of the unfrozen groups after backward_input.
+
+Every graph runs through a :class:`Backend`. The default, :class:`EagerBackend`, calls the fx
+GraphModules as traced under ``torch.no_grad()``; a compiled backend plugs in by returning other
+callables for the same graphs and calling convention.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+import torch.fx as fx
+
+from tfcompile import _torch_compat as compat
+from tfcompile.errors import GroupError, RuntimeConfigError, TraceError
+from tfcompile.passes.split_weight_grad import INPUT, Region
+
+if TYPE_CHECKING:
+    from tfcompile.trace import TracedStage
+
+__all__ = ["Backend", "EagerBackend", "GraphFn", "StageProgram"]
+
+# A runnable graph: takes its inputs as one list, which it may clear to free inputs early (the
+# boxed calling convention), and returns the graph's outputs in order.
+GraphFn = Callable[[list], Sequence[Any]]
+
+
+class Backend(Protocol):
+    """Turns the graphs of a traced stage into callables (the seam for compiled regions)."""
+
+    def forward(self, gm: fx.GraphModule) -> GraphFn: ...
+
+    def region(self, region: Region) -> GraphFn: ...
+
+
+class EagerBackend:
+    """Runs the fx GraphModules as traced: today's behaviour, and the reference for others."""
+
+    def forward(self, gm: fx.GraphModule) -> GraphFn:
+        return lambda args: gm(*args)
+
+    def region(self, region: Region) -> GraphFn:
+        # Region.run uses the boxed convention where torch has it: the graph frees each input
+        # at its last use, as eager autograd frees saved tensors
+        return region.run
+
+
+@dataclass
+class _Microbatch:
+    """What one microbatch keeps between its forward, backward_input and backward_weight."""
+
+    env: dict[str, torch.Tensor]  # value name -> tensor the later graphs read
+    versions: list[tuple[int, torch.Tensor, int]]  # (input index, input, version at forward)
+    stage: str = "F"  # "F" after forward, "I" after backward_input
+    frozen: frozenset[str] = field(default_factory=frozenset)  # as told to backward_input
+
+
+class StageProgram:
+    """A traced pipeline stage: forward, backward_input and per-group weight-gradient regions.
+
+    See docs/interfaces.md for the contract. ``traced`` is the :class:`TracedStage`; its public
+    fields are mirrored here (``module``, ``groups``, ``group_order``, ``region_flops``,
+    ``input_flops``, ``forward_flops``, ``is_loss_stage``, ``input_requires_grad``, and for
+    inspection ``fw_graph``, ``bw_graph`` and ``split``). ``region_calls`` counts region runs;
+    ``last_times`` holds the seconds of the last backward_input and of each region.
+    """
+
+    def __init__(self, traced: TracedStage, *, backend: Backend | None = None):
+        self.traced = traced
+        self.backend: Backend = backend if backend is not None else EagerBackend()
+        self.region_calls: Counter[str] = Counter()
+        # wall seconds of the last backward_input ("input") and of each region that last ran
+        self.last_times: dict[str, float] = {}
+        self._state: dict[int, _Microbatch] = {}
+        self._forward_fn = self.backend.forward(traced.fw_graph)
+        self._region_fns: dict[tuple[str, str], GraphFn] = {}
+
+    # -- the traced stage's public fields
+    module = property(lambda self: self.traced.module)
+    groups = property(lambda self: self.traced.groups)
+    group_order = property(lambda self: self.traced.group_order)
+    region_flops = property(lambda self: self.traced.region_flops)
+    input_flops = property(lambda self: self.traced.input_flops)
+    forward_flops = property(lambda self: self.traced.forward_flops)
+    is_loss_stage = property(lambda self: self.traced.is_loss_stage)
+    input_requires_grad = property(lambda self: self.traced.input_requires_grad)
+    fw_graph = property(lambda self: self.traced.fw_graph)
+    bw_graph = property(lambda self: self.traced.bw_graph)
+    split = property(lambda self: self.traced.split)
+
+    # -- execution
+    def forward(self, mb: int, *inputs: torch.Tensor, target: torch.Tensor | None = None):
+        """Run the forward of microbatch `mb`; keeps what its backward needs."""
+        t = self.traced
+        self._check_inputs(inputs, target)
+        if mb in self._state:
+            raise RuntimeConfigError(
+                f"microbatch {mb} already has a pending forward on this stage: run its "
+                "backward (backward_weight) before reusing the index"
+            )
+        args = [
+            *(t.params[n] for n in t.param_names),
+            *(t.buffers[n] for n in t.buffer_names),
+            *(x.detach() for x in inputs),
+        ]
+        if t.is_loss_stage:
+            args.append(target)
+        with torch.no_grad():
+            outs = self._forward_fn(args)
+        n_mut, n_user = len(t.mutated_buffers), t.num_outputs
+        for name, val in zip(t.mutated_buffers, outs[:n_mut]):
+            t.buffers[name].copy_(val)
+        user = outs[n_mut : n_mut + n_user]
+        saved = outs[n_mut + n_user :]
+        # like eager autograd, detect saved inputs modified in place before the backward
+        versions = [(i, x, compat.version_counter(x)) for i, x in enumerate(inputs)]
+        self._state[mb] = _Microbatch(env=dict(zip(t.saved_names, saved)), versions=versions)
+        return compat.tree_unflatten(user, t.output_spec)
+
+    def backward_input(self, mb: int, *grad_outputs, frozen=frozenset()):
+        """Input gradients of `mb` (None where none is needed); keeps the weight-work stash."""
+        t = self.traced
+        frozen = self._frozen_set(frozen)
+        st = self._state.get(mb)
+        if st is None or st.stage != "F":
+            raise RuntimeConfigError(
+                f"backward_input({mb}) needs a preceding forward({mb}) and no earlier "
+                "backward_input for it"
+            )
+        _check_unmodified(mb, st.versions)
+        st.env.update(zip(t.tangent_names, self._tangents(grad_outputs)))
+        unfrozen = [g for g in t.group_order if g not in frozen]
+        k = t.group_order.index(unfrozen[0]) if unfrozen else len(t.group_order)
+        region = t.split.input_variant(k)
+        args = [st.env[n] for n in region.inputs]
+        # keep only what the unfrozen regions read; the rest is freed inside the graph at its
+        # last use (boxed calling convention), as eager autograd frees saved tensors
+        keep = {n for g in unfrozen for n in t.split.regions[g].inputs}
+        st.env = {n: v for n, v in st.env.items() if n in keep}
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            outs = self._region_fn(INPUT, region)(args)
+        del args
+        self.last_times = {INPUT: time.perf_counter() - t0}
+        n_in = len(t.split.input_grads)
+        st.env.update((n, v) for n, v in zip(region.outputs[n_in:], outs[n_in:]) if n in keep)
+        st.stage, st.frozen = "I", frozen
+        grads: list[torch.Tensor | None] = [None] * len(t.input_specs)
+        for pos, g in zip(t.input_grad_slots, outs[:n_in]):
+            grads[pos] = g
+        return tuple(grads)
+
+    def backward_weight(self, mb: int, frozen=frozenset()) -> None:
+        """Accumulate .grad of the unfrozen groups' parameters; release `mb`'s state."""
+        t = self.traced
+        frozen = self._frozen_set(frozen)
+        st = self._state.get(mb)
+        if st is None or st.stage != "I":
+            raise RuntimeConfigError(f"backward_weight({mb}) needs backward_input({mb}) first")
+        if not frozen >= st.frozen:
+            raise RuntimeConfigError(
+                f"backward_weight({mb}) unfreezes {sorted(st.frozen - frozen)} but "
+                "backward_input was told they were frozen: pass the same frozen set to both"
+            )
+        env = st.env
+        todo = [g for g in reversed(t.group_order) if g not in frozen]
+        remaining = Counter(n for g in todo for n in t.split.regions[g].inputs)
+        try:
+            with torch.no_grad():
+                for g in todo:
+                    region = t.split.regions[g]
+                    args = [env[n] for n in region.inputs]
+                    for n in region.inputs:  # last reader: let the region free it early
+                        remaining[n] -= 1
+                        if remaining[n] == 0:
+                            env.pop(n, None)
+                    t0 = time.perf_counter()
+                    outs = self._region_fn("W", region)(args)
+                    del args
+                    self.region_calls[g] += 1
+                    for pname, grad in zip(t.region_params[g], outs):
+                        _accumulate(t.params[pname], grad)
+                    self.last_times[g] = time.perf_counter() - t0
+        finally:
+            del self._state[mb]
+
+    def backward(self, mb: int, *grad_outputs, frozen=frozenset()):
+        """backward_input then backward_weight; returns the input gradients."""
+        grads = self.backward_input(mb, *grad_outputs, frozen=frozen)
+        self.backward_weight(mb, frozen=frozen)
+        return grads
+
+    def precompile(self) -> StageProgram:
+        """Build every backward_input variant (and its backend callable) now; they are otherwise
+        built on first use, which would slow the first steps. Returns self."""
+        split = self.traced.split
+        for k in range(len(self.group_order) + 1):
+            self._region_fn(INPUT, split.input_variant(k))
+        for g in self.group_order:
+            self._region_fn("W", split.regions[g])
+        return self
+
+    def release(self, mb: int | None = None) -> None:
+        """Drop kept state of `mb` (all microbatches when None) without computing gradients."""
+        if mb is None:
+            self._state.clear()
+        else:
+            self._state.pop(mb, None)
+
+    @property
+    def pending(self) -> list[int]:
+        return sorted(self._state)
+
+    # -- helpers
+    def _region_fn(self, kind: str, region: Region) -> GraphFn:
+        """The backend's callable for `region`, made once per region."""
+        key = (kind, region.name)
+        fn = self._region_fns.get(key)
+        if fn is None:
+            fn = self._region_fns[key] = self.backend.region(region)
+        return fn
+
+    def _check_inputs(self, inputs: Sequence[Any], target: Any) -> None:
+        specs = self.traced.input_specs
+        if len(inputs) != len(specs):
+            raise TraceError(
+                f"forward got {len(inputs)} inputs, the stage was traced with "
+                f"{len(specs)}; pass the same number of inputs as example_inputs"
+            )
+        for i, (x, spec) in enumerate(zip(inputs, specs)):
+            if not isinstance(x, torch.Tensor):
+                raise TraceError(f"input {i} is {type(x).__name__}, expected a tensor")
+            if tuple(x.shape) != spec.shape or x.dtype != spec.dtype:
+                raise TraceError(
+                    f"input {i} has shape {tuple(x.shape)} and dtype {x.dtype}, the stage was "
+                    f"traced for {spec.shape} {spec.dtype}: trace a program per shape/dtype"
+                )
+        if self.is_loss_stage and target is None:
+            raise TraceError("this is a loss stage: pass target= to forward")
+
+    def _frozen_set(self, frozen: Iterable[str] | None) -> frozenset[str]:
+        frozen = frozenset(frozen or ())
+        unknown = frozen - set(self.groups)
+        if unknown:
+            raise GroupError(
+                f"frozen names unknown groups {sorted(unknown)}; groups are {self.group_order}"
+            )
+        return frozen
+
+    def _tangents(self, grad_outputs: Sequence[Any]) -> list[torch.Tensor]:
+        """The backward's tangent inputs from the caller's output gradients (seed for a loss)."""
+        t = self.traced
+        if t.is_loss_stage:
+            if len(grad_outputs) > 1:
+                raise TraceError("the loss stage takes at most one grad_output (the seed)")
+            seed = grad_outputs[0] if grad_outputs else None
+            spec = t.tangent_specs[0]
+            if seed is None:
+                seed = torch.ones((), dtype=spec.dtype, device=spec.device)
+            elif not isinstance(seed, torch.Tensor):
+                seed = torch.tensor(float(seed), dtype=spec.dtype, device=spec.device)
+            return [seed.reshape(()).to(dtype=spec.dtype, device=spec.device)]
+        flat = list(grad_outputs)
+        if len(flat) == 1 and t.num_outputs > 1 and isinstance(flat[0], (tuple, list)):
+            flat = list(flat[0])
+        if len(flat) != t.num_outputs:
+            raise TraceError(
+                f"backward_input got {len(flat)} grad_outputs, the stage has {t.num_outputs} "
+                "outputs: pass one gradient per output (None for outputs without one)"
+            )
+        out = []
+        for i, spec in zip(t.tangent_outputs, t.tangent_specs):
+            g = flat[i]
+            if g is None:
+                g = torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device)
+            elif tuple(g.shape) != spec.shape:
+                raise TraceError(
+                    f"grad_output {i} has shape {tuple(g.shape)}, expected {spec.shape}"
+                )
+            out.append(g.contiguous())
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"StageProgram({type(self.module).__name__}, groups={self.group_order}, "
+            f"loss_stage={self.is_loss_stage})"
+        )
+
+
+def _check_unmodified(mb: int, versions: Sequence[tuple[int, torch.Tensor, int]]) -> None:
+    """Refuse a backward whose saved inputs were changed in place since the forward."""
+    for i, x, v in versions:
+        if compat.version_counter(x) != v:
+            raise RuntimeConfigError(
+                f"input {i} of microbatch {mb} was modified in place after forward({mb}); "
+                "the backward needs it unchanged: pass a fresh tensor (or a clone) to forward"
+            )
+
+
+def _accumulate(p: torch.Tensor, g: torch.Tensor) -> None:
+    """Add a region's gradient into ``p.grad``; a first gradient is adopted (copied to p's
+    layout and dtype when they differ, as autograd's accumulation does)."""
+    if p.grad is None:
+        if g.stride() != p.stride() or g.dtype != p.dtype:
+            g = torch.empty_like(p).copy_(g)
+        p.grad = g
+    else:
+        p.grad.add_(g)
