@@ -526,7 +526,8 @@ def driver(args) -> dict:
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    settings = settings_of(base_config(args))
+    base = base_config(args)
+    settings = settings_of(base)
     if args.quick:
         schedules = ["1F1B"]
         methods = ["none", "timely"]
@@ -548,13 +549,12 @@ def driver(args) -> dict:
     )
     started = time.perf_counter()
     failures = {}
-    settings_ranks = base_config(args).ranks
     for schedule in schedules:
         runs = [(m, "drop") for m in methods]
         if schedule in grad_schedules and "timely" in methods:
             runs.append(("timely", "rescale"))
         t0 = time.perf_counter()
-        print(f"{TAG} {schedule}: {len(runs)} runs on {settings_ranks} ranks", flush=True)
+        print(f"{TAG} {schedule}: {len(runs)} runs on {base.ranks} ranks", flush=True)
         rc = launch(args, schedule, runs, out / "logs" / f"{schedule}.log")
         print(f"{TAG} {schedule}: done in {time.perf_counter() - t0:.0f} s (rc {rc})", flush=True)
         if rc != 0:
