@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections import deque
@@ -39,6 +38,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from tfcompile.train.launch import TIMED_OUT, torchrun
+from tfcompile.train.run import RunConfig
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results" / "bench_runtime.json"
@@ -64,16 +66,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=30, help="measured steps per system")
     p.add_argument("--warmup", type=int, default=3, help="unmeasured steps per system first")
     p.add_argument("--block", type=int, default=5, help="steps per interleaved block")
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--microbatches", type=int, default=4)
-    p.add_argument("--batch", type=int, default=16, help="sequences per step")
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    # the model and batch knobs are RunConfig's (tfcompile.train.run), with this benchmark's sizes
+    RunConfig.add_arguments(
+        p,
+        defaults=RunConfig(dim=256, seq=128, threads=1),
+        only=("dim", "layers", "heads", "kv_heads", "microbatches", "batch", "seq", "seed",
+              "threads"),
+    )  # fmt: skip
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--quick", action="store_true", help="tiny config (about a minute)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
@@ -89,28 +89,18 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # -- launcher ---------------------------------------------------------------------------------
 def launch(args: argparse.Namespace, argv: list[str]) -> int:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(NPROC),
-        "--monitor-interval=1",
-        str(Path(__file__).resolve()),
-        "--worker",
-        *argv,
-    ]
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(args.threads))
-    try:
-        result = subprocess.run(cmd, env=env, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
+    rc = torchrun(
+        Path(__file__).resolve(),
+        ["--worker", *argv],
+        nproc=NPROC,
+        timeout=args.timeout,
+        env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(args.threads))},
+    )
+    if rc == TIMED_OUT:
         print(f"bench_runtime: gave up after {args.timeout:.0f} s", file=sys.stderr)
-        return 124
-    if result.returncode == 0:
+    elif rc == 0:
         print(f"results: {args.out}")
-    return result.returncode
+    return rc
 
 
 # -- worker -----------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 For each schedule (GPipe, 1F1B, Interleaved1F1B, ZBV) and each method (none, apf, autofreeze,
 timely, timely+apf, timely+autofreeze) it trains the LLaMA-style byte-level LM of
-``examples/train_llama.py`` on 2 processes with the same seed, data order and validation
-batches, and reports:
+``examples/train_llama.py`` (``tfcompile.train.run``) on 2 processes with the same seed, data
+order and validation batches, and reports:
 
 - median step time over the steady window (steps from the end of TimelyFreeze's ramp to the
   end, the same window for every method), throughput (tokens/s) and gain over ``none``;
@@ -20,7 +20,7 @@ batches, and reports:
 One torchrun launch per schedule trains every method side by side, step by step (step k of
 every run before step k + 1 of any, order rotated each step): on a shared machine the
 background load then hits every method alike. ``--sequential`` runs them one after another
-through ``examples/train_llama.main`` instead. Phases: warm-up and ramp of ``--unit`` steps,
+through ``tfcompile.train.run.run`` instead. Phases: warm-up and ramp of ``--unit`` steps,
 monitoring windows of ``--monitor-steps`` steps (short: the w_min window freezes everything).
 Outputs under ``--out`` (default results/reproduce): results.json,
 table.md, val_loss_vs_time.png, throughput.png, ratio_vs_step.png, logs/.
@@ -38,10 +38,14 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+
+from tfcompile.train.launch import TIMED_OUT, torchrun
+from tfcompile.train.run import RunConfig
+from tfcompile.train.run import run as train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZBV")
@@ -49,16 +53,25 @@ METHODS = ("none", "apf", "autofreeze", "timely", "timely+apf", "timely+autofree
 STAGES_PER_RANK = {"Interleaved1F1B": 2, "ZBV": 2}
 TAG = "[reproduce]"
 
-# unit: warm-up and ramp length (steps); monitor_steps: steps per monitoring window (w_max, w_min).
-# The paper uses 100-step phases in runs of thousands of steps; here the monitoring windows
-# are kept short because the w_min window freezes everything (no weight learns in it).
-FULL = dict(
-    dim=128, layers=4, heads=4, kv_heads=2, seq=64, batch=16, microbatches=4, steps=100,
-    unit=10, monitor_steps=4,
+# What every run shares: 2 processes, one thread each, evaluation every 5 steps, no dumps.
+# warmup: the phase unit (warm-up and ramp length, steps); monitor: steps per monitoring
+# window (w_max, w_min). The paper uses 100-step phases in runs of thousands of steps; here
+# the monitoring windows are kept short because the w_min window freezes everything (no
+# weight learns in it).
+BASE = RunConfig(ranks=2, eval_every=5, val_batches=2, threads=1, no_dumps=True)
+FULL = replace(
+    BASE, dim=128, layers=4, heads=4, kv_heads=2, seq=64, batch=16, microbatches=4, steps=100,
+    warmup=10, monitor=4,
 )  # fmt: skip
-QUICK = dict(
-    dim=64, layers=4, heads=4, kv_heads=2, seq=32, batch=8, microbatches=4, steps=40,
-    unit=4, monitor_steps=2,
+QUICK = replace(
+    BASE, dim=64, layers=4, heads=4, kv_heads=2, seq=32, batch=8, microbatches=4, steps=40,
+    warmup=4, monitor=2,
+)  # fmt: skip
+# the RunConfig fields this benchmark exposes as flags (the rest are per run)
+RUN_FLAGS = (
+    "dim", "layers", "heads", "kv_heads", "seq", "batch", "microbatches", "steps",
+    "eval_every", "val_batches", "ranks", "max_freeze", "prefix_freeze", "wmin_microbatches",
+    "seed",
 )  # fmt: skip
 
 
@@ -72,23 +85,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="schedules on which timely also runs with grad=rescale (default 1F1B; '' = none)",
     )
-    p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--val-batches", type=int, default=2)
-    p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--max-freeze", type=float, default=0.9)
-    p.add_argument(
-        "--prefix-freeze",
-        action="store_true",
-        help="timely freezes front to back on the token stage (truncated backward)",
-    )
-    p.add_argument(
-        "--wmin-microbatches",
-        type=int,
-        default=0,
-        help="measure w_min on this many all-frozen microbatches per step (0: whole steps)",
-    )
     p.add_argument("--target-margin", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "results" / "reproduce"))
     p.add_argument(
         "--sequential",
@@ -96,107 +93,71 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="run methods one after another (default: interleaved step by step)",
     )
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per schedule")
-    for key in FULL:
-        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None)
-    # worker side (under torchrun)
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--runs", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--schedule", default=None, help=argparse.SUPPRESS)
+    # absent flags keep the preset's values (QUICK with --quick, FULL otherwise)
+    RunConfig.add_arguments(p, only=RUN_FLAGS, suppress_defaults=True)
+    p.add_argument("--unit", dest="warmup", type=int, default=argparse.SUPPRESS,
+                   help="phase unit: warm-up and ramp length (steps)")  # fmt: skip
+    p.add_argument("--monitor-steps", dest="monitor", type=int, default=argparse.SUPPRESS,
+                   help="steps per monitoring window")  # fmt: skip
+    # worker side (under torchrun): the JSON file of the runs, written by `launch`
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
-def model_settings(args) -> dict:
-    base = dict(QUICK if args.quick else FULL)
-    for key in base:
-        value = getattr(args, key, None)
-        if value is not None:
-            base[key] = value
-    return base
+def base_config(args) -> RunConfig:
+    """The preset with the command line's overrides."""
+    preset = QUICK if args.quick else FULL
+    return RunConfig.from_args(args, base=preset, only=(*RUN_FLAGS, "warmup", "monitor"))
+
+
+def settings_of(config: RunConfig) -> dict:
+    """The model and phase settings reported in results.json and the table."""
+    return dict(
+        dim=config.dim, layers=config.layers, heads=config.heads, kv_heads=config.kv_heads,
+        seq=config.seq, batch=config.batch, microbatches=config.microbatches,
+        steps=config.steps, unit=config.warmup, monitor_steps=config.monitor,
+    )  # fmt: skip
 
 
 def run_name(schedule: str, method: str, grad: str) -> str:
     return f"{schedule}__{method.replace('+', '-')}__{grad}"
 
 
+def run_config(base: RunConfig, schedule: str, method: str, grad: str, out: Path) -> RunConfig:
+    """One run: ``method`` with ``grad`` on ``schedule``, its step log under ``out``."""
+    return replace(
+        base,
+        schedule=schedule,
+        stages=base.ranks * STAGES_PER_RANK.get(schedule, 1),
+        freeze=method,
+        grad=grad,
+        log_every=max(10, base.steps // 4),
+        out=str(out),
+    )
+
+
 # ----------------------------------------------------------------------------- worker
-def example_argv(args, settings: dict, method: str, grad: str, warmup: bool, run_out) -> list:
-    """Command line of examples/train_llama.py for one run."""
-    per_rank = STAGES_PER_RANK.get(args.schedule, 1)
-    return [
-        "--schedule",
-        args.schedule,
-        "--stages",
-        str(args.ranks * per_rank),
-        "--microbatches",
-        str(settings["microbatches"]),
-        "--batch",
-        str(settings["batch"]),
-        "--seq",
-        str(settings["seq"]),
-        "--dim",
-        str(settings["dim"]),
-        "--layers",
-        str(settings["layers"]),
-        "--heads",
-        str(settings["heads"]),
-        "--kv-heads",
-        str(settings["kv_heads"]),
-        "--steps",
-        str(min(10, settings["steps"]) if warmup else settings["steps"]),
-        "--freeze",
-        "none" if warmup else method,
-        "--grad",
-        grad,
-        "--max-freeze",
-        str(args.max_freeze),
-        "--eval-every",
-        str(args.eval_every),
-        "--val-batches",
-        str(args.val_batches),
-        "--log-every",
-        str(max(10, settings["steps"] // 4)),
-        "--seed",
-        str(args.seed),
-        "--warmup",
-        str(settings["unit"]),
-        "--monitor",
-        str(settings["monitor_steps"]),
-        "--wmin-microbatches",
-        str(args.wmin_microbatches),
-        *(["--prefix-freeze"] if args.prefix_freeze else []),
-        "--check-every",
-        str(max(1, settings["unit"] // 2)),
-        "--threads",
-        "1",
-        "--no-dumps",
-        "--out",
-        str(run_out),
-    ]
+def load_runs(path: str) -> tuple[dict, list[tuple[str, RunConfig]]]:
+    """The worker's job, as `launch` wrote it: (its header, [(run name, config)])."""
+    job = json.loads(Path(path).read_text())
+    return job, [(r["name"], RunConfig.from_dict(r["config"])) for r in job["runs"]]
 
 
-def worker_sequential(args) -> None:
-    """Under torchrun: train every (method, grad) of one schedule in turn; rank 0 writes JSON."""
-    sys.path.insert(0, str(ROOT / "examples"))
-    import train_llama  # noqa: PLC0415 - examples/ is not a package
-
-    settings = model_settings(args)
-    out = Path(args.out)
+def worker_sequential(job: dict, runs: list[tuple[str, RunConfig]]) -> None:
+    """Under torchrun: train every run of one schedule in turn; rank 0 writes JSON."""
+    out = Path(job["out"])
     rank = int(os.environ.get("RANK", "0"))
     # a short discarded run first: the first training in a process pays for lazy
     # initialisation (allocator, thread pools, gloo buffers), which would bias the baseline
-    specs = ["warmup:drop", *args.runs.split(",")]
-    for spec in specs:
-        method, grad = spec.split(":")
-        name = run_name(args.schedule, method, grad)
-        warmup = method == "warmup"
-        argv = example_argv(args, settings, method, grad, warmup, out / "runs" / name)
+    name, first = runs[0]
+    warmup = replace(first, steps=min(10, first.steps), freeze="none", grad="drop")
+    train_run(replace(warmup, out=str(out / "runs" / run_name(job["schedule"], "warmup", "drop"))))
+    for name, config in runs:
         t0 = time.perf_counter()
-        summary = train_llama.main(argv)
-        if warmup:
-            continue
+        summary = train_run(config)
         summary["run_seconds"] = time.perf_counter() - t0
         summary["name"] = name
-        summary["settings"] = settings
+        summary["settings"] = job["settings"]
         if rank == 0:
             path = out / "runs" / f"{name}.json"
             path.write_text(json.dumps(summary))
@@ -208,7 +169,7 @@ def worker_sequential(args) -> None:
             )
 
 
-def worker_interleaved(args) -> None:
+def worker_interleaved(job: dict, configs: list[tuple[str, RunConfig]]) -> None:
     """Under torchrun: all (method, grad) runs of a schedule side by side, step by step.
 
     Every run has its own model (same seed), optimizer, data generator (same seed: same
@@ -222,40 +183,34 @@ def worker_interleaved(args) -> None:
 
     import torch
 
-    sys.path.insert(0, str(ROOT / "examples"))
-    import train_llama  # noqa: PLC0415 - examples/ is not a package
-
     from tfcompile.train.loop import TrainResult, train_step
+    from tfcompile.train.run import build_pipeline, corpus, lr_schedule, summarise
     from tfcompile.train.steplog import StepLog
 
-    settings = model_settings(args)
-    out = Path(args.out)
+    settings = job["settings"]
+    schedule = job["schedule"]
+    out = Path(job["out"])
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     torch.set_num_threads(1)
     logging.basicConfig(
         level=logging.INFO if rank == world - 1 else logging.WARNING, format="%(message)s"
     )
-    corpus = train_llama._corpus()
+    data = corpus()
     runs = []
-    for spec in args.runs.split(","):
-        method, grad = spec.split(":")
-        name = run_name(args.schedule, method, grad)
-        ex = train_llama.parse_args(
-            example_argv(args, settings, method, grad, False, out / "runs" / name)
-        )
+    for name, ex in configs:
         Path(ex.out).mkdir(parents=True, exist_ok=True)
-        pipe, _, _ = train_llama.build_pipeline(ex, world)
+        pipe, _ = build_pipeline(ex, world)
         optimizer = torch.optim.AdamW(pipe.parameters(), lr=ex.lr, weight_decay=0.0)
         tokens = ex.batch * ex.seq
         runs.append(
             {
                 "name": name,
-                "args": ex,
+                "config": ex,
                 "pipe": pipe,
                 "optimizer": optimizer,
                 "base_lrs": [g.setdefault("initial_lr", g["lr"]) for g in optimizer.param_groups],
-                "lr": train_llama.lr_schedule(ex),
+                "lr": lr_schedule(ex),
                 "gen": torch.Generator().manual_seed(ex.seed + 1),
                 "result": TrainResult(steps=ex.steps, wall_seconds=0.0),
                 "tokens": tokens,
@@ -264,10 +219,11 @@ def worker_interleaved(args) -> None:
         )
     val_gen = torch.Generator().manual_seed(12345)
     val = [
-        corpus.batch("val", settings["batch"], settings["seq"], val_gen)
-        for _ in range(args.val_batches)
+        data.batch("val", settings["batch"], settings["seq"], val_gen)
+        for _ in range(configs[0][1].val_batches)
     ]
     steps = settings["steps"]
+    eval_every = configs[0][1].eval_every
     speaker = rank == world - 1
 
     def evaluate(run, step):
@@ -276,7 +232,7 @@ def worker_interleaved(args) -> None:
         result.val.append((step, sum(result.step_seconds), loss))
 
     def one_step(run, step):
-        batch = corpus.batch("train", settings["batch"], settings["seq"], run["gen"])
+        batch = data.batch("train", settings["batch"], settings["seq"], run["gen"])
         train_step(
             run["pipe"], run["optimizer"], batch, run["result"], step,
             lr_factor=run["lr"](step), base_lrs=run["base_lrs"], steplog=run["log"],
@@ -290,12 +246,12 @@ def worker_interleaved(args) -> None:
         shift = step % len(runs)
         for run in runs[shift:] + runs[:shift]:
             one_step(run, step)
-        if args.eval_every and (step + 1) % args.eval_every == 0 or step + 1 == steps:
+        if eval_every and (step + 1) % eval_every == 0 or step + 1 == steps:
             for run in runs:
                 evaluate(run, step + 1)
         if speaker and (step % max(1, steps // 5) == 0 or step + 1 == steps):
             print(
-                f"{TAG} {args.schedule} step {step}: "
+                f"{TAG} {schedule} step {step}: "
                 + ", ".join(
                     f"{r['name'].split('__', 1)[1]} {1e3 * r['result'].step_seconds[-1]:.0f} ms"
                     for r in runs
@@ -306,9 +262,7 @@ def worker_interleaved(args) -> None:
     for run in runs:
         run["log"].close()
         run["result"].wall_seconds = elapsed
-        summary = train_llama.summarise(
-            run["pipe"], run["result"], run["args"], 0, steps, run["tokens"]
-        )
+        summary = summarise(run["pipe"], run["result"], run["config"], 0, steps, run["tokens"])
         summary["run_seconds"] = elapsed
         summary["name"] = run["name"]
         summary["settings"] = settings
@@ -327,61 +281,46 @@ def worker_interleaved(args) -> None:
 
 # ----------------------------------------------------------------------------- driver
 def launch(args, schedule: str, runs: list[tuple[str, str]], log_path: Path) -> int:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(args.ranks),
-        str(Path(__file__).resolve()),
-        "--worker",
-        "--schedule",
-        schedule,
-        "--runs",
-        ",".join(f"{m}:{g}" for m, g in runs),
-        "--out",
-        str(args.out),
-        "--ranks",
-        str(args.ranks),
-        "--eval-every",
-        str(args.eval_every),
-        "--val-batches",
-        str(args.val_batches),
-        "--max-freeze",
-        str(args.max_freeze),
-        "--wmin-microbatches",
-        str(args.wmin_microbatches),
-        *(["--prefix-freeze"] if args.prefix_freeze else []),
-        "--seed",
-        str(args.seed),
-    ]
-    if args.quick:
-        cmd.append("--quick")
-    if args.sequential:
-        cmd.append("--sequential")
-    for key in FULL:
-        value = getattr(args, key, None)
-        if value is not None:
-            cmd += [f"--{key.replace('_', '-')}", str(value)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    """One torchrun launch trains ``runs`` [(method, grad)] on ``schedule``; output to log."""
+    base = base_config(args)
+    out = Path(args.out)
+    job = {
+        "schedule": schedule,
+        "out": str(out),
+        "settings": settings_of(base),
+        "sequential": args.sequential,
+        "runs": [
+            {
+                "name": run_name(schedule, method, grad),
+                "config": run_config(
+                    base, schedule, method, grad, out / "runs" / run_name(schedule, method, grad)
+                ).to_dict(),
+            }
+            for method, grad in runs
+        ],
+    }
+    job_path = log_path.with_suffix(".json")
+    job_path.write_text(json.dumps(job, indent=1))
     with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        deadline = time.monotonic() + args.timeout
-        assert proc.stdout is not None
-        for line in proc.stdout:
+
+        def on_line(line: str) -> None:
             log.write(line)
             log.flush()
             if line.startswith(TAG) or "error" in line.lower() or "plan predicts" in line:
                 print(f"  {schedule}: {line.rstrip()}", flush=True)
-            if time.monotonic() > deadline:
-                proc.kill()
-                print(f"  {schedule}: timed out after {args.timeout:.0f} s", flush=True)
-                break
-        return proc.wait()
+
+        rc = torchrun(
+            Path(__file__).resolve(),
+            ["--worker", str(job_path)],
+            nproc=base.ranks,
+            timeout=args.timeout,
+            env={"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+            cwd=ROOT,
+            on_line=on_line,
+        )
+    if rc == TIMED_OUT:
+        print(f"  {schedule}: timed out after {args.timeout:.0f} s", flush=True)
+    return rc
 
 
 def _median(values: list[float]) -> float:
@@ -587,7 +526,8 @@ def driver(args) -> dict:
     out = Path(args.out)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    settings = model_settings(args)
+    base = base_config(args)
+    settings = settings_of(base)
     if args.quick:
         schedules = ["1F1B"]
         methods = ["none", "timely"]
@@ -614,7 +554,7 @@ def driver(args) -> dict:
         if schedule in grad_schedules and "timely" in methods:
             runs.append(("timely", "rescale"))
         t0 = time.perf_counter()
-        print(f"{TAG} {schedule}: {len(runs)} runs on {args.ranks} ranks", flush=True)
+        print(f"{TAG} {schedule}: {len(runs)} runs on {base.ranks} ranks", flush=True)
         rc = launch(args, schedule, runs, out / "logs" / f"{schedule}.log")
         print(f"{TAG} {schedule}: done in {time.perf_counter() - t0:.0f} s (rc {rc})", flush=True)
         if rc != 0:
@@ -652,7 +592,8 @@ def driver(args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.worker:
-        (worker_sequential if args.sequential else worker_interleaved)(args)
+        job, runs = load_runs(args.worker)
+        (worker_sequential if job["sequential"] else worker_interleaved)(job, runs)
         return 0
     results = driver(args)
     return 1 if results["failures"] else 0

@@ -10,6 +10,7 @@ and its plots under --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -19,34 +20,32 @@ from torch import nn
 
 import tfcompile
 from tfcompile.datasets import digits
+from tfcompile.freeze.config import AUTOFREEZE_EVERY
 from tfcompile.models.convnext import ConvNeXt
 from tfcompile.models.vit import ViT
 from tfcompile.train.loop import train
+from tfcompile.train.run import RunConfig
 from tfcompile.train.steplog import StepLog
+
+# the flags this example honours, as RunConfig fields with this example's defaults
+RUN_FLAGS = (
+    "schedule", "ranks", "stages", "microbatches", "batch", "dim", "steps", "lr", "freeze",
+    "warmup", "log_every", "seed", "out",
+)  # fmt: skip
+DEFAULTS = RunConfig(batch=64, dim=64, steps=200, lr=2e-3, log_every=20, out="out/digits")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="vit", choices=["vit", "convnext"])
-    p.add_argument("--schedule", default="1F1B")
-    p.add_argument("--ranks", type=int, default=None, help="single-process: pipeline ranks")
-    p.add_argument("--stages", type=int, default=None)
-    p.add_argument("--microbatches", type=int, default=4)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--depth", type=int, default=4)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--freeze", default="none")
-    p.add_argument("--warmup", type=int, default=None, help="freeze phase unit (steps)")
-    p.add_argument("--log-every", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out/digits")
+    p.add_argument("--depth", type=int, default=4, help="model depth (blocks)")
+    RunConfig.add_arguments(p, defaults=DEFAULTS, only=RUN_FLAGS)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
-    args = parse_args(argv)
+    ns = parse_args(argv)
+    args = RunConfig.from_args(ns, base=DEFAULTS, only=RUN_FLAGS)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     last_rank = int(os.environ.get("RANK", "0")) == world - 1
     logging.basicConfig(level=logging.INFO if last_rank else logging.WARNING, format="%(message)s")
@@ -55,23 +54,14 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = digits(seed=args.seed)
     torch.manual_seed(args.seed)
-    if args.model == "vit":
-        model = ViT(dim=args.dim, depth=args.depth)
+    if ns.model == "vit":
+        model = ViT(dim=args.dim, depth=ns.depth)
     else:
-        model = ConvNeXt(dim=args.dim, depth=args.depth)
+        model = ConvNeXt(dim=args.dim, depth=ns.depth)
     mb = args.batch // args.microbatches
-    freeze = None
-    if args.freeze != "none":
-        unit = args.warmup if args.warmup is not None else max(1, args.steps // 10)
-        freeze = tfcompile.FreezeConfig(
-            policy=args.freeze,
-            warmup_steps=unit,
-            monitor_steps=unit,
-            ramp_steps=unit,
-            check_every=max(1, unit // 2),
-            total_steps=args.steps,
-            seed=args.seed,
-        )
+    freeze = args.freeze_config()
+    if freeze is not None:  # this example keeps AutoFreeze's own evaluation interval
+        freeze = dataclasses.replace(freeze, autofreeze_every=AUTOFREEZE_EVERY)
     pipe = tfcompile.compile(
         model,
         schedule=args.schedule,
@@ -115,7 +105,7 @@ def main(argv=None) -> dict:
     if last_rank:
         acc = f", val accuracy {accuracy:.3f}" if accuracy is not None else ""
         print(
-            f"done: {args.model}, val loss {summary['val_loss']:.4f}{acc}, "
+            f"done: {ns.model}, val loss {summary['val_loss']:.4f}{acc}, "
             f"{summary['samples_per_s']:.0f} samples/s"
         )
     pipe.close()

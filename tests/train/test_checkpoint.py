@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -139,27 +141,18 @@ def test_config_rejects_phases_longer_than_training():
 
 
 def test_example_resume_reproduces_the_run(tmp_path):
-    """examples/train_llama.py --save (mid-run) then --resume, all stages in one process."""
-    import sys
-    from pathlib import Path
+    """`run` (examples/train_llama.py) with --save mid-run then --resume, in one process."""
+    from tfcompile.train.run import RunConfig, run
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-    import train_llama
-
-    common = [
-        "--ranks", "2", "--steps", "14", "--freeze", "timely", "--warmup", "2",
-        "--dim", "32", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--seq", "16",
-        "--batch", "8", "--threads", "1", "--no-dumps", "--no-plots", "--eval-every", "5",
-    ]  # fmt: skip
+    common = RunConfig(
+        ranks=2, steps=14, freeze="timely", warmup=2, dim=32, layers=2, heads=2, kv_heads=1,
+        seq=16, batch=8, threads=1, no_dumps=True, no_plots=True, eval_every=5,
+    )  # fmt: skip
     ckpt = str(tmp_path / "ckpt" / "step{step}")
     # the uninterrupted run writes a checkpoint at step 9 and goes on to the end
-    full = train_llama.main(
-        [*common, "--out", str(tmp_path / "full"), "--save", ckpt, "--save-every", "9"]
-    )
+    full = run(replace(common, out=str(tmp_path / "full"), save=ckpt, save_every=9))
     assert full["plan"] is not None  # planned at step 6, before the checkpoint
-    resumed = train_llama.main(
-        [*common, "--out", str(tmp_path / "b"), "--resume", ckpt.format(step=9)]
-    )
+    resumed = run(replace(common, out=str(tmp_path / "b"), resume=ckpt.format(step=9)))
     assert resumed["start_step"] == 9
     assert resumed["losses"] == full["losses"][9:]
     assert resumed["val_loss"] == full["val_loss"]
