@@ -75,7 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=5)
     p.add_argument("--val-batches", type=int, default=2)
     p.add_argument("--ranks", type=int, default=2)
-    p.add_argument("--max-freeze", type=float, default=0.9)
+    p.add_argument(
+        "--max-freeze", type=float, default=__import__("tfcompile").DEFAULT_MAX_FREEZE_RATIO
+    )
     p.add_argument(
         "--prefix-freeze",
         action="store_true",

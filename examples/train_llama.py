@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="none",
         help="none, timely, apf, autofreeze, freezeout, timely+apf, timely+autofreeze",
     )
-    p.add_argument("--max-freeze", type=float, default=0.9)
+    p.add_argument("--max-freeze", type=float, default=tfcompile.DEFAULT_MAX_FREEZE_RATIO)
     p.add_argument(
         "--prefix-freeze",
         action="store_true",
