@@ -24,8 +24,7 @@ import torch
 import torch.distributed as dist
 
 from tfcompile.errors import PipelineFailure
-
-MessageKey = tuple[str, int, int]  # (kind, src_stage, microbatch)
+from tfcompile.schedules.actions import MessageKey  # (kind, src_stage, microbatch)
 
 
 def dest_stage(key: MessageKey) -> int:
