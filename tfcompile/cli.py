@@ -56,7 +56,7 @@ def _register_plan(sub: argparse._SubParsersAction) -> None:
 def _load_schedule(args: argparse.Namespace):
     """The schedule of ``--schedule`` through ``schedules.resolve``, the one owner of names,
     aliases and CSV paths; only the flag checks are the CLI's own."""
-    from tfcompile.schedules.generators import is_csv_source, resolve
+    from tfcompile.schedules import is_csv_source, resolve
 
     if is_csv_source(args.schedule):
         if args.stages is not None or args.microbatches is not None:
