@@ -203,18 +203,7 @@ def profile_of(pipe, steps: set[int]) -> dict:
 def b_as_i_then_w(schedule):
     """The schedule with every B(s, m) written as I(s, m) then W(s, m): how the runtime runs a
     B action (the input gradient is sent before the weight-gradient work starts)."""
-    from tfcompile.schedules.actions import Action, Schedule
-
-    programs = []
-    for program in schedule.programs:
-        out = []
-        for a in program:
-            if a.kind == "B":
-                out += [Action(a.stage, "I", a.microbatch), Action(a.stage, "W", a.microbatch)]
-            else:
-                out.append(a)
-        programs.append(out)
-    return Schedule(programs, schedule.stage_to_rank, name=f"{schedule.name} (B as I+W)")
+    return schedule.with_split_backward()
 
 
 def replay_error(pipe, parts, schedule=None) -> float:

@@ -43,6 +43,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from tfcompile.schedules import stages_per_rank
 from tfcompile.train.launch import TIMED_OUT, torchrun
 from tfcompile.train.run import RunConfig
 from tfcompile.train.run import run as train_run
@@ -50,7 +51,6 @@ from tfcompile.train.run import run as train_run
 ROOT = Path(__file__).resolve().parents[1]
 SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZBV")
 METHODS = ("none", "apf", "autofreeze", "timely", "timely+apf", "timely+autofreeze")
-STAGES_PER_RANK = {"Interleaved1F1B": 2, "ZBV": 2}
 TAG = "[reproduce]"
 
 # What every run shares: 2 processes, one thread each, evaluation every 5 steps, no dumps.
@@ -128,7 +128,7 @@ def run_config(base: RunConfig, schedule: str, method: str, grad: str, out: Path
     return replace(
         base,
         schedule=schedule,
-        stages=base.ranks * STAGES_PER_RANK.get(schedule, 1),
+        stages=base.ranks * stages_per_rank(schedule),
         freeze=method,
         grad=grad,
         log_every=max(10, base.steps // 4),

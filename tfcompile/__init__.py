@@ -37,6 +37,7 @@ _LAZY = {
     "plan_freeze": "tfcompile.planner.lp",
     "FreezePlan": "tfcompile.planner.lp",
     "FreezePlanner": "tfcompile.planner.lp",
+    "DEFAULT_MAX_FREEZE_RATIO": "tfcompile.planner.lp",
     "compile": "tfcompile.api",
     "Pipeline": "tfcompile.runtime.pipeline",
     "FreezeConfig": "tfcompile.freeze.config",

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tfcompile.errors import TFCompileError
+from tfcompile.planner.lp import DEFAULT_MAX_FREEZE_RATIO
 
 
 def _register_plan(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +42,10 @@ def _register_plan(sub: argparse._SubParsersAction) -> None:
         "default: every stage F=I=W=1, comm=0",
     )
     p.add_argument(
-        "--max-freeze", type=float, default=0.9, help="cap on each stage's average ratio"
+        "--max-freeze",
+        type=float,
+        default=DEFAULT_MAX_FREEZE_RATIO,
+        help="cap on each stage's average ratio",
     )
     p.add_argument("--budget", type=float, default=None, help="cap on the frozen share of W")
     p.add_argument("--out", default=None, help="output folder (created); nothing written if unset")
@@ -50,16 +54,18 @@ def _register_plan(sub: argparse._SubParsersAction) -> None:
 
 
 def _load_schedule(args: argparse.Namespace):
-    from tfcompile.schedules.actions import Schedule
-    from tfcompile.schedules.generators import build
+    """The schedule of ``--schedule`` through ``schedules.resolve``, the one owner of names,
+    aliases and CSV paths; only the flag checks are the CLI's own."""
+    from tfcompile.schedules import is_csv_source, resolve
 
-    if args.schedule.lower().endswith(".csv") or os.path.exists(args.schedule):
+    if is_csv_source(args.schedule):
         if args.stages is not None or args.microbatches is not None:
             print("note: --stages/--microbatches are ignored for a CSV schedule", file=sys.stderr)
-        return Schedule.from_csv(args.schedule)
-    if args.stages is None or args.microbatches is None:
+    elif args.stages is None or args.microbatches is None:
         raise TFCompileError("--stages and --microbatches are required for a named schedule")
-    return build(args.schedule, args.stages, args.microbatches, ranks=args.ranks)
+    return resolve(
+        args.schedule, stages=args.stages, microbatches=args.microbatches, ranks=args.ranks
+    )
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:

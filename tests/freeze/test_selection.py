@@ -99,12 +99,12 @@ def build(freeze: FreezeConfig):
 
 def step_and_count(pipe, step):
     """One step; returns (frozen mapping, region runs per stage and group during it)."""
-    before = {s: dict(p.region_calls) for s, p in pipe.programs.items()}
+    before = {s: dict(p.region_calls) for s, p in pipe.stage_programs.items()}
     x = torch.randint(0, 48, (8, 9), generator=torch.Generator().manual_seed(step))
     pipe.step(x[:, :-1], x[:, 1:])
     ran = {
         s: {g: p.region_calls[g] - before[s].get(g, 0) for g in p.groups}
-        for s, p in pipe.programs.items()
+        for s, p in pipe.stage_programs.items()
     }
     return pipe.last_frozen, ran
 

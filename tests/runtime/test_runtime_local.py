@@ -13,6 +13,7 @@ from torch import nn
 import tfcompile
 from tfcompile.errors import GroupError, RuntimeConfigError
 from tfcompile.models.llama import Llama, LlamaConfig
+from tfcompile.schedules.generators import _ALIASES
 from tfcompile.split import balanced_cuts, split_model
 
 SCHEDULES = [("GPipe", 2), ("1F1B", 2), ("ZBH1", 2), ("Interleaved1F1B", 4), ("ZBV", 4)]
@@ -290,3 +291,27 @@ def test_timely_freezes_a_prefix_on_the_token_stage(monkeypatch):
     assert steady, "the plan froze nothing on stage 0"
     for groups in steady:
         assert set(groups) == set(order[: len(groups)])
+
+
+@pytest.mark.parametrize("alias", sorted(_ALIASES))
+def test_compile_accepts_every_schedule_alias_like_its_canonical_name(alias):
+    """Regression: `compile(schedule="zbvzerobubble")` on 2 ranks raised, and
+    `schedule="interleaved"` built 2 stages where "Interleaved1F1B" builds 4."""
+    from tfcompile.schedules import canonical_name
+
+    def pipe(schedule):
+        torch.manual_seed(0)
+        return tfcompile.compile(
+            nn.Sequential(*(nn.Linear(4, 4) for _ in range(4))),
+            schedule=schedule,
+            microbatches=4,
+            ranks=2,
+            example_inputs=(torch.randn(2, 4),),
+            loss_fn=nn.functional.mse_loss,
+            example_target=torch.randn(2, 4),
+        )
+
+    got, want = pipe(alias), pipe(canonical_name(alias))
+    assert got.schedule == want.schedule and got.schedule.num_ranks == 2
+    assert got.num_stages == want.num_stages == len(got.stage_programs)
+    assert got.has_first_stage and got.has_last_stage

@@ -13,13 +13,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tfcompile.errors import FreezeConfigError
+from tfcompile.planner.lp import DEFAULT_MAX_FREEZE_RATIO  # noqa: F401 - re-exported here
 
 #: Steps per phase in the TimelyFreeze paper (warm-up, each monitoring window, ramp).
 PHASE_UNIT = 100
 #: Steps between freezing decisions in the TimelyFreeze paper.
 DECISION_INTERVAL = 10
-#: Per-stage cap on the average freeze ratio (TimelyFreeze default).
-DEFAULT_MAX_FREEZE_RATIO = 0.9
 #: Steady-state steps between re-measurements (a tfcompile extension; five phase units).
 DEFAULT_REPLAN_EVERY = 5 * PHASE_UNIT
 #: A re-measured profile counts as drifted when it moves the predicted step time this much.

@@ -76,6 +76,10 @@ from tfcompile.schedules.dag import ScheduleDAG
 from tfcompile.schedules.profile import as_profile
 from tfcompile.schedules.simulate import Timeline, longest_path, timeline_from_arrays
 
+#: Per-stage cap on the average freeze ratio (the TimelyFreeze paper's default). The one
+#: definition: FreezeConfig, the CLI, the examples and the benchmarks import it from here.
+DEFAULT_MAX_FREEZE_RATIO = 0.9
+
 #: weight of the cost-weighted freezing ``sum W r`` against the makespan in the first solve
 #: (dimensionless: both are times). Small enough that the weighted optimum almost always has
 #: the minimal makespan (checked after every solve, with a fallback); large enough against
@@ -98,7 +102,7 @@ class FreezePlan:
     status: str
     solve_seconds: float
     build_seconds: float = 0.0
-    max_freeze_ratio: float = 0.9
+    max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO
     budget: float | None = None
     lp_makespan: float = math.nan
     min_makespan: float = math.nan
@@ -444,7 +448,7 @@ def _status(h) -> str:
 def plan_freeze(
     schedule: Schedule | ScheduleDAG,
     costs: Any,
-    max_freeze_ratio: float = 0.9,
+    max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO,
     budget: float | None = None,
     *,
     tolerance: float = 1e-9,
@@ -486,7 +490,7 @@ class FreezePlanner:
     def __init__(
         self,
         schedule: Schedule | ScheduleDAG,
-        max_freeze_ratio: float = 0.9,
+        max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO,
         budget: float | None = None,
         *,
         tolerance: float = 1e-9,

@@ -10,6 +10,7 @@ import datetime
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,7 @@ import torch.distributed as dist
 
 from tfcompile.errors import RuntimeConfigError
 from tfcompile.runtime.transport import FailureSignal
+from tfcompile.split import StageSpec
 
 
 @dataclass(frozen=True)
@@ -105,3 +107,28 @@ def fingerprint(value) -> str:
     """Short stable hash of a JSON-able value (for config agreement across ranks)."""
     text = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tied_weight_groups(
+    specs: Sequence[StageSpec], stage_to_rank: Sequence[int]
+) -> list[tuple[list[str], dist.ProcessGroup]]:
+    """Parameters held by stages on several ranks, with the process group that sums their
+    gradients: ``[(model names, group)]`` for the groups this rank belongs to.
+
+    Collective: every rank creates every group, in the same order.
+    """
+    owners: dict[str, set[int]] = {}
+    for spec in specs:
+        for stage_name in spec.param_names:
+            owners.setdefault(spec.param_names[stage_name], set()).add(stage_to_rank[spec.index])
+    by_ranks: dict[tuple, list[str]] = {}
+    for name, ranks in owners.items():
+        if len(ranks) > 1:
+            by_ranks.setdefault(tuple(sorted(ranks)), []).append(name)
+    groups = []
+    rank = dist.get_rank()
+    for ranks, names in sorted(by_ranks.items()):
+        group = dist.new_group(list(ranks))  # collective: every rank creates every group
+        if rank in ranks:
+            groups.append((names, group))
+    return groups

@@ -11,60 +11,17 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from tfcompile.errors import ScheduleError
 from tfcompile.runtime.timers import ActionTimer
-from tfcompile.runtime.transport import MessageKey
+from tfcompile.schedules.actions import Action, Schedule, consumed_message, validate_schedule
 
 EMPTY: frozenset[str] = frozenset()
 
 
-def needed_message(action, num_stages: int) -> MessageKey | None:
-    """The message an action consumes from another stage, if any."""
-    s, kind, m = action.stage, action.kind, action.microbatch
-    if kind == "F" and s > 0:
-        return ("act", s - 1, m)
-    if kind in ("B", "I") and s < num_stages - 1:
-        return ("grad", s + 1, m)
-    return None
-
-
-def produced_message(action, num_stages: int) -> MessageKey | None:
-    s, kind, m = action.stage, action.kind, action.microbatch
-    if kind == "F" and s < num_stages - 1:
-        return ("act", s, m)
-    if kind in ("B", "I") and s > 0:
-        return ("grad", s, m)
-    return None
-
-
-def interleave(programs: Sequence[Sequence], num_stages: int) -> list:
-    """One sequential order of all ranks' programs that respects every dependency.
-
-    Each rank advances while its next action's message has been produced; if no rank can
-    advance, the schedule would deadlock, and the error names the stuck actions.
-    """
-    positions = [0] * len(programs)
-    produced: set[MessageKey] = set()
-    order = []
-    total = sum(len(p) for p in programs)
-    while len(order) < total:
-        progressed = False
-        for rank, program in enumerate(programs):
-            while positions[rank] < len(program):
-                action = program[positions[rank]]
-                need = needed_message(action, num_stages)
-                if need is not None and need not in produced:
-                    break
-                out = produced_message(action, num_stages)
-                if out is not None:
-                    produced.add(out)
-                order.append(action)
-                positions[rank] += 1
-                progressed = True
-        if not progressed:
-            stuck = [str(p[i]) for p, i in zip(programs, positions) if i < len(p)]
-            raise ScheduleError(f"schedule deadlocks: every rank waits ({', '.join(stuck)})")
-    return order
+def interleave(schedule: Schedule) -> list[Action]:
+    """One sequential order of all ranks' programs that respects every dependency: the order
+    `validate_schedule` finds (round-robin over the ranks that can advance). A schedule that
+    would deadlock raises its ScheduleError naming the stuck actions."""
+    return validate_schedule(schedule)
 
 
 class _NullTimer:
@@ -84,9 +41,7 @@ def forward_only_order(programs: Sequence[Sequence], local_stages: Sequence[int]
     return [_forward(s, m) for s in sorted(local_stages) for m in range(num_microbatches)]
 
 
-def _forward(stage: int, microbatch: int):
-    from tfcompile.schedules.actions import Action
-
+def _forward(stage: int, microbatch: int) -> Action:
     return Action(stage, "F", microbatch)
 
 
@@ -136,7 +91,7 @@ class StepRunner:
         self.transport.begin_step(step)
         if timed:
             self.timer.begin_step(step)
-        needs = [needed_message(a, self.num_stages) for a in order]
+        needs = [consumed_message(a, self.num_stages) for a in order]
         for index, action in enumerate(order):
             if lookahead:
                 window = needs[index : index + lookahead]

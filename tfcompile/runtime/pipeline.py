@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -18,7 +19,19 @@ from torch import nn
 from tfcompile.errors import GroupError, RuntimeConfigError
 from tfcompile.runtime.executor import StepRunner, forward_only_order
 from tfcompile.runtime.timers import ActionTimer, median_profile
+from tfcompile.runtime.transport import TensorSpec
+from tfcompile.schedules.actions import Action, Schedule
 from tfcompile.split import StageSpec
+
+if TYPE_CHECKING:  # annotations only: the runtime does not import the controller or tracer
+    from tfcompile.freeze.controller import Freezer
+    from tfcompile.runtime.transport import DistTransport, FailureSignal, LocalTransport
+    from tfcompile.trace import StageProgram
+
+    Transport = DistTransport | LocalTransport
+
+#: Steps of timings a pipeline keeps when no freezer asks for a longer monitoring window.
+DEFAULT_TIMER_WINDOW = 50
 
 
 def _split_batch(batch, microbatches: int, what: str) -> list[tuple]:
@@ -35,47 +48,68 @@ def _split_batch(batch, microbatches: int, what: str) -> list[tuple]:
 
 
 class Pipeline:
-    """A compiled pipeline: this rank's traced stages and its share of the schedule."""
+    """A compiled pipeline: this rank's traced stages and its share of the schedule.
+
+    `tfcompile.compile()` builds it; every field is given to the constructor and none is
+    patched afterwards. The freezing controller needs the finished pipeline (its stages,
+    groups and measurements), so it is passed as `freezer_factory(pipe) -> Freezer`, called
+    last in the constructor.
+    """
 
     def __init__(
         self,
+        *,
         model: nn.Module,
-        schedule,
-        specs: list[StageSpec],
-        programs: dict[int, object],
+        schedule: Schedule,
+        specs: Sequence[StageSpec],
+        stage_programs: Mapping[int, StageProgram],
         rank: int,
         device: torch.device,
-        transport,
-        order: list,
-        example_shapes: dict,
-        distributed_run: bool,
+        transport: Transport,
+        order: Sequence[Action],
+        grad_specs: Mapping[int, tuple[TensorSpec, ...]],
+        loss_dtype: torch.dtype,
+        distributed: bool,
         lookahead: int,
+        timer_window: int = DEFAULT_TIMER_WINDOW,
+        failure: FailureSignal | None = None,
+        tied_groups: Sequence[tuple[list[str], Any]] = (),
+        freezer_factory: Callable[[Pipeline], Freezer] | None = None,
     ) -> None:
+        """`stage_programs` are this rank's traced stages (stage -> StageProgram) and `order`
+        the actions this process runs per step. `grad_specs[stage]` describe the gradients a
+        local stage sends for its inputs (zeros when one is None); `loss_dtype` is the dtype
+        of the last stage's loss (the backward seed). `timer_window` is how many steps of
+        timings are kept (a freezer's monitoring window must fit). `failure` is the
+        cross-rank failure signal under torchrun; `tied_groups` pairs the model names of
+        parameters held on several ranks with the process group that sums their gradients."""
         self.model = model
         self.schedule = schedule
-        self.specs = specs
-        self.programs = programs
+        self.specs = list(specs)
+        self.stage_programs = dict(stage_programs)
         self.rank = rank
         self.device = device
         self.transport = transport
-        self.order = order
-        self.distributed = distributed_run
+        self.order = list(order)
+        self.distributed = distributed
         self.lookahead = lookahead
-        self.example_shapes = example_shapes
+        self.loss_dtype = loss_dtype
+        self.failure = failure
+        self.tied_groups = list(tied_groups)
         self.step_index = 0
-        self._execution_schedule = None
-        self.timer = ActionTimer(device, rank)
-        self.freezer = None
-        self.failure = None
+        self._execution_schedule: Schedule | None = None
+        self.timer = ActionTimer(device, rank, window=timer_window)
         self.last_frozen: dict = {}
-        self._tied_groups: list = []
-        grad_specs = {}
-        for stage in programs:
-            grad_specs[stage] = example_shapes["grad_specs"][stage]
-        self.runner = StepRunner(programs, schedule.num_stages, transport, self.timer, grad_specs)
+        local_grad_specs = {stage: grad_specs[stage] for stage in self.stage_programs}
+        self.runner = StepRunner(
+            self.stage_programs, schedule.num_stages, transport, self.timer, local_grad_specs
+        )
         if hasattr(transport, "on_arrival"):
             transport.on_arrival = lambda key: self.timer.arrival(key[0], key[1], key[2])
         self._local_param_names = self._collect_local_params()
+        self.freezer: Freezer | None = (
+            freezer_factory(self) if freezer_factory is not None else None
+        )
 
     # -- structure ------------------------------------------------------------------------
     @property
@@ -97,7 +131,17 @@ class Pipeline:
 
     @property
     def local_stages(self) -> list[int]:
-        return sorted(self.programs)
+        return sorted(self.stage_programs)
+
+    @property
+    def has_first_stage(self) -> bool:
+        """True when this rank holds stage 0 (it takes the batch's inputs)."""
+        return 0 in self.stage_programs
+
+    @property
+    def has_last_stage(self) -> bool:
+        """True when this rank holds the last stage (it computes the loss, needs targets)."""
+        return self.num_stages - 1 in self.stage_programs
 
     def _collect_local_params(self) -> dict[str, nn.Parameter]:
         params = {}
@@ -117,7 +161,7 @@ class Pipeline:
 
     def stage_groups(self, stage: int) -> dict[str, list[str]]:
         """Freezing groups of a local stage in forward order: group -> model parameter names."""
-        spec, program = self.specs[stage], self.programs[stage]
+        spec, program = self.specs[stage], self.stage_programs[stage]
         order = [g for g in program.group_order if g in program.groups]
         order += [g for g in program.groups if g not in order]
         return {g: [spec.param_names[n] for n in program.groups[g]] for g in order}
@@ -125,11 +169,11 @@ class Pipeline:
     def truncates_backward(self, stage: int) -> bool:
         """True when the stage produces no input gradient (e.g. token ids), so a frozen prefix
         of its groups cuts its backward short (see passes.split_weight_grad)."""
-        return not any(self.programs[stage].input_requires_grad)
+        return not any(self.stage_programs[stage].input_requires_grad)
 
     def group_costs(self, stage: int) -> dict[str, float]:
         """Weight-gradient FLOPs per group of a local stage (relative W cost)."""
-        return {g: float(f) for g, f in self.programs[stage].region_flops.items()}
+        return {g: float(f) for g, f in self.stage_programs[stage].region_flops.items()}
 
     # -- training -------------------------------------------------------------------------
     def _check_frozen(self, frozen: Mapping) -> dict:
@@ -141,14 +185,14 @@ class Pipeline:
                     f"frozen key {key} is outside stages 0..{self.num_stages - 1} x "
                     f"microbatches 0..{self.num_microbatches - 1}"
                 )
-            if stage not in self.programs:
+            if stage not in self.stage_programs:
                 continue
             groups = frozenset(groups)
-            unknown = groups - set(self.programs[stage].groups)
+            unknown = groups - set(self.stage_programs[stage].groups)
             if unknown:
                 raise GroupError(
                     f"frozen groups {sorted(unknown)} are not groups of stage {stage}; its "
-                    f"groups are {list(self.programs[stage].groups)}"
+                    f"groups are {list(self.stage_programs[stage].groups)}"
                 )
             checked[(stage, microbatch)] = groups
         return checked
@@ -165,9 +209,7 @@ class Pipeline:
         M = self.num_microbatches
         try:
             stage_inputs, target_mbs = self._microbatches(inputs, targets)
-            seed = torch.tensor(
-                1.0 / M, dtype=self.example_shapes["loss_dtype"], device=self.device
-            )
+            seed = torch.tensor(1.0 / M, dtype=self.loss_dtype, device=self.device)
             losses = self.runner.run_step(
                 self.step_index, self.order, stage_inputs, target_mbs, frozen, seed, self.lookahead
             )
@@ -198,7 +240,7 @@ class Pipeline:
                 -1, order, stage_inputs, target_mbs, {}, None, self.lookahead, timed=False
             )
         finally:
-            for program in self.programs.values():
+            for program in self.stage_programs.values():
                 program.release()
         local = torch.stack([losses[m] for m in range(M)]).mean().item() if losses else None
         return next(v for v in self._gather(local) if v is not None)
@@ -207,18 +249,18 @@ class Pipeline:
         M = self.num_microbatches
         stage_inputs = (
             [tuple(t.to(self.device) for t in mb) for mb in _split_batch(inputs, M, "input")]
-            if 0 in self.programs
+            if self.has_first_stage
             else []
         )
         target_mbs = None
-        if self.num_stages - 1 in self.programs:
+        if self.has_last_stage:
             if targets is None:
                 raise RuntimeConfigError("the last stage needs targets: step(inputs, targets)")
             target_mbs = [mb[0].to(self.device) for mb in _split_batch(targets, M, "target")]
         return stage_inputs, target_mbs
 
     def _reduce_tied_grads(self) -> None:
-        for names, group in self._tied_groups:
+        for names, group in self.tied_groups:
             for name in names:
                 param = self._local_param_names[name]
                 if param.grad is None:
@@ -274,69 +316,23 @@ class Pipeline:
         """Chrome/Perfetto trace of the last step as measured on every rank (collective).
 
         With `predicted`, the planner's simulation of the same step from the measured profile
-        is added as extra processes ("predicted rank r") for a side-by-side view.
+        is added as extra processes ("predicted rank r") for a side-by-side view. The layout
+        is `schedules.export.measured_trace`'s, the one trace writer.
         """
+        from tfcompile.schedules.export import measured_trace
+        from tfcompile.schedules.simulate import simulate
+
         parts = [p for g in self._gather(self.timer.last_step()) for p in g]
         profile = self.measured_profile()
         if self.rank != 0:
             return None
-        origin = min(p.start for p in parts)
-        events = []
-        for rank in range(self.schedule.num_ranks):
-            events.append(
-                {
-                    "name": "process_name",
-                    "ph": "M",
-                    "pid": rank,
-                    "args": {"name": f"measured rank {rank}"},
-                }
-            )
-        frozen_counts = {k: len(v) for k, v in self.last_frozen.items()}
-        for p in parts:
-            events.append(
-                {
-                    "name": f"{p.stage}{p.part}{p.microbatch}",
-                    "ph": "X",
-                    "pid": p.rank,
-                    "tid": p.stage,
-                    "ts": 1e6 * (p.start - origin),
-                    "dur": 1e6 * p.seconds,
-                    "cat": p.part,
-                    "args": {
-                        "stage": p.stage,
-                        "microbatch": p.microbatch,
-                        "frozen_groups": frozen_counts.get((p.stage, p.microbatch), 0),
-                    },
-                }
-            )
-        if predicted:
-            from tfcompile.schedules.simulate import simulate
-
-            timeline = simulate(self.execution_schedule, profile)
-            base = self.schedule.num_ranks
-            for rank in range(self.schedule.num_ranks):
-                events.append(
-                    {
-                        "name": "process_name",
-                        "ph": "M",
-                        "pid": base + rank,
-                        "args": {"name": f"predicted rank {rank}"},
-                    }
-                )
-            for action, start in timeline.start.items():
-                rank = self.schedule.stage_to_rank[action.stage]
-                events.append(
-                    {
-                        "name": str(action),
-                        "ph": "X",
-                        "pid": base + rank,
-                        "tid": action.stage,
-                        "ts": 1e3 * start,
-                        "dur": 1e3 * (timeline.end[action] - start),
-                        "cat": action.kind,
-                    }
-                )
-        trace = {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"profile": profile}}
+        trace = measured_trace(
+            parts,
+            num_ranks=self.schedule.num_ranks,
+            frozen_counts={k: len(v) for k, v in self.last_frozen.items()},
+            predicted=simulate(self.execution_schedule, profile) if predicted else None,
+            other_data={"profile": profile},
+        )
         with open(path, "w") as f:
             json.dump(trace, f)
         return trace

@@ -23,9 +23,8 @@ import torch
 import torch.distributed as dist
 
 from tfcompile.errors import PipelineFailure
+from tfcompile.schedules.actions import MessageKey  # (kind, src_stage, microbatch)
 from tfcompile.tensor_spec import TensorSpec
-
-MessageKey = tuple[str, int, int]  # (kind, src_stage, microbatch)
 
 
 def dest_stage(key: MessageKey) -> int:

@@ -11,6 +11,7 @@ slots and are skipped; torch's ``(0F7;7B3)OVERLAP_F_B`` cells are expanded into 
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import os
@@ -209,16 +210,30 @@ class Schedule:
         return cls(programs, stage_to_rank, name=name or label)
 
 
+def is_csv_source(source: object) -> bool:
+    """True when ``source`` names a CSV file rather than a schedule name.
+
+    The one test every reader uses (``compile``, ``schedules.resolve``, the CLI and
+    :meth:`Schedule.from_csv`): a path object, a string ending in ``.csv`` (any case) or a
+    string naming an existing file. Schedule names never end in ``.csv``.
+    """
+    if isinstance(source, os.PathLike):
+        return True
+    if not isinstance(source, str):
+        return False
+    return source.lower().endswith(".csv") or os.path.exists(source)
+
+
 def _read_text(path_or_text: str | os.PathLike) -> tuple[str, str]:
-    if isinstance(path_or_text, os.PathLike) or (
-        isinstance(path_or_text, str) and "\n" not in path_or_text and "," not in path_or_text
-    ):
+    """The CSV text and a label: read from a file, or ``path_or_text`` itself when it is CSV
+    text (it has a newline or a comma, or names no file and does not end in ``.csv``)."""
+    inline = isinstance(path_or_text, str) and ("\n" in path_or_text or "," in path_or_text)
+    if not inline and is_csv_source(path_or_text):
         path = os.fspath(path_or_text)
-        if os.path.exists(path):
-            with open(path, newline="") as f:
-                return f.read(), os.path.basename(path)
-        if isinstance(path_or_text, os.PathLike) or path.endswith(".csv"):
+        if not os.path.exists(path):
             raise ScheduleError(f"schedule CSV file not found: {path}")
+        with open(path, newline="") as f:
+            return f.read(), os.path.basename(path)
     return str(path_or_text), "csv"
 
 
@@ -248,28 +263,66 @@ def _infer_stage_to_rank(programs: list[list[Action]], num_stages: int) -> list[
     return [mapping[s] for s in range(num_stages)]
 
 
+#: A message between stages: ("act", producing stage, microbatch) carries activations
+#: forward, ("grad", producing stage, microbatch) carries input gradients backward.
+MessageKey = tuple[str, int, int]
+
+
+def consumed_message(a: Action, num_stages: int) -> MessageKey | None:
+    """The message ``a`` receives from another stage, if any.
+
+    This is the one cross-stage data rule: F(s, m) needs the activations of F(s-1, m);
+    B|I(s, m) needs the input gradient of B|I(s+1, m). :func:`action_deps`, the executor and
+    (vectorised, pinned by a test) :class:`ScheduleDAG` all follow it.
+    """
+    s, kind, m = a
+    if kind == "F" and s > 0:
+        return ("act", s - 1, m)
+    if kind in ("B", "I") and s < num_stages - 1:
+        return ("grad", s + 1, m)
+    return None
+
+
+def produced_message(a: Action, num_stages: int) -> MessageKey | None:
+    """The message ``a`` sends to another stage, if any (the dual of :func:`consumed_message`)."""
+    s, kind, m = a
+    if kind == "F" and s < num_stages - 1:
+        return ("act", s, m)
+    if kind in ("B", "I") and s > 0:
+        return ("grad", s, m)
+    return None
+
+
 def action_deps(a: Action, split: dict[tuple[int, int], bool], num_stages: int) -> list[Action]:
     """Data dependencies of ``a`` (not program order).
 
-    ``split[(s, m)]`` says whether (s, m) uses I/W rather than B.
+    ``split[(s, m)]`` says whether (s, m) uses I/W rather than B. Within a stage, B|I(s, m)
+    needs F(s, m) and W(s, m) needs I(s, m); across stages, the producer of the message
+    :func:`consumed_message` names.
     """
     s, k, m = a
-    if k == "F":
-        return [Action(s - 1, "F", m)] if s > 0 else []
-    if k in ("B", "I"):
-        deps = [Action(s, "F", m)]
-        if s + 1 < num_stages:
-            deps.append(Action(s + 1, "I" if split[(s + 1, m)] else "B", m))
-        return deps
-    return [Action(s, "I", m)]  # W
+    if k == "W":
+        return [Action(s, "I", m)]
+    deps = [Action(s, "F", m)] if k in ("B", "I") else []
+    message = consumed_message(a, num_stages)
+    if message is not None:
+        kind, src, _ = message
+        src_kind = "F" if kind == "act" else "I" if split[(src, m)] else "B"
+        deps.append(Action(src, src_kind, m))
+    return deps
 
 
-def validate_schedule(sched: Schedule) -> None:
-    """Check completeness and that in-order execution per rank cannot deadlock.
+def validate_schedule(sched: Schedule) -> list[Action]:
+    """Check completeness and that in-order execution per rank cannot deadlock; return the
+    sequential order that proves it.
 
     Executor model: each rank runs its program in order; an action starts once its data
     dependencies (possibly on other ranks) are done. Receives are posted early, so sends never
     block. Raises :class:`ScheduleError` naming the first offending action.
+
+    The returned order runs the ranks round-robin: rank 0 as far as it can, then the next
+    rank that can advance, and so on cyclically. The single-process executor runs exactly
+    this order (``runtime.executor.interleave``), so there is one deadlock algorithm.
     """
     p_stages, n_mb = sched.num_stages, sched.num_microbatches
     if len(sched.stage_to_rank) != p_stages:
@@ -314,13 +367,28 @@ def validate_schedule(sched: Schedule) -> None:
                 kind = "W" if has_i else "I" if has_w else "B"
                 raise ScheduleError(f"action {Action(s, kind, m)} is missing from the schedule")
             split[(s, m)] = has_i
-    # in-order execution with early-posted receives: event-driven, linear time
+    return _in_order_execution(sched, split, len(seen))
+
+
+def _in_order_execution(
+    sched: Schedule, split: dict[tuple[int, int], bool], total: int
+) -> list[Action]:
+    """Run every rank's program in order, round-robin over the ranks that can advance.
+
+    Event-driven (a blocked rank waits on the action it misses and wakes when that action
+    is done), so the cost is linear in the actions plus a bisect per wake-up.
+    """
+    p_stages = sched.num_stages
     done: set[Action] = set()
+    order: list[Action] = []
     pos = [0] * sched.num_ranks
     waiting: dict[Action, list[int]] = {}
-    ready = list(range(sched.num_ranks))
-    while ready:
-        rank = ready.pop()
+    runnable = list(range(sched.num_ranks))  # sorted
+    cursor = 0
+    while runnable:
+        i = bisect.bisect_left(runnable, cursor)
+        rank = runnable.pop(i if i < len(runnable) else 0)
+        cursor = rank + 1
         prog = sched.programs[rank]
         while pos[rank] < len(prog):
             a = prog[pos[rank]]
@@ -329,9 +397,12 @@ def validate_schedule(sched: Schedule) -> None:
                 waiting.setdefault(missing[0], []).append(rank)
                 break
             done.add(a)
+            order.append(a)
             pos[rank] += 1
-            ready.extend(waiting.pop(a, ()))
-    if len(done) != len(seen):
+            for woken in waiting.pop(a, ()):
+                if woken != rank:
+                    bisect.insort(runnable, woken)
+    if len(order) != total:
         stuck = [
             (r, sched.programs[r][pos[r]])
             for r in range(sched.num_ranks)
@@ -344,3 +415,4 @@ def validate_schedule(sched: Schedule) -> None:
             f"schedule deadlocks: action {a0} on rank {r0} waits for {need[0]} which can never "
             f"run ({detail}{', ...' if len(stuck) > 4 else ''})"
         )
+    return order

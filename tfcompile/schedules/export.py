@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -246,6 +247,55 @@ def timeline_to_trace(timeline: Timeline) -> dict[str, Any]:
 def write_trace(timeline: Timeline, path: str | os.PathLike) -> None:
     with open(path, "w") as f:
         json.dump(timeline_to_trace(timeline), f)
+
+
+def measured_trace(
+    parts: Sequence[Any],
+    *,
+    num_ranks: int,
+    frozen_counts: Mapping[tuple[int, int], int] | None = None,
+    predicted: Timeline | None = None,
+    other_data: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Chrome / Perfetto trace of one measured step, optionally beside a predicted one.
+
+    ``parts`` are the runtime's timed parts (anything with ``rank``, ``stage``, ``part``,
+    ``microbatch``, ``start`` and ``seconds``, in seconds on a shared clock); they become
+    processes "measured rank r" with times from the earliest start. ``predicted`` (a
+    simulated :class:`Timeline` in ms) adds processes "predicted rank r" after them, so that
+    the viewer shows measurement and prediction side by side. ``frozen_counts[(stage, mb)]``
+    is the number of frozen groups shown on each measured part.
+    """
+    frozen_counts = frozen_counts or {}
+    origin = min(p.start for p in parts)
+    events: list[dict[str, Any]] = [
+        _process_name(rank, f"measured rank {rank}") for rank in range(num_ranks)
+    ]
+    for p in parts:
+        events.append({
+            "name": f"{p.stage}{p.part}{p.microbatch}", "ph": "X", "pid": p.rank, "tid": p.stage,
+            "ts": 1e6 * (p.start - origin), "dur": 1e6 * p.seconds, "cat": p.part,
+            "args": {
+                "stage": p.stage,
+                "microbatch": p.microbatch,
+                "frozen_groups": frozen_counts.get((p.stage, p.microbatch), 0),
+            },
+        })  # fmt: skip
+    if predicted is not None:
+        stage_to_rank = predicted.dag.schedule.stage_to_rank
+        events += [_process_name(num_ranks + r, f"predicted rank {r}") for r in range(num_ranks)]
+        end = predicted.end
+        for action, start in predicted.start.items():
+            events.append({
+                "name": str(action), "ph": "X", "pid": num_ranks + stage_to_rank[action.stage],
+                "tid": action.stage, "ts": 1e3 * start, "dur": 1e3 * (end[action] - start),
+                "cat": action.kind,
+            })  # fmt: skip
+    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": dict(other_data or {})}
+
+
+def _process_name(pid: int, name: str) -> dict[str, Any]:
+    return {"name": "process_name", "ph": "M", "pid": pid, "args": {"name": name}}
 
 
 def gantt(

@@ -16,8 +16,10 @@
 
 from __future__ import annotations
 
+import os
+
 from tfcompile.errors import ScheduleError
-from tfcompile.schedules.actions import Action, Schedule
+from tfcompile.schedules.actions import Action, Schedule, is_csv_source
 
 SCHEDULES = ("GPipe", "1F1B", "Interleaved1F1B", "ZBH1", "ZBV")
 _ALIASES = {
@@ -30,6 +32,9 @@ _ALIASES = {
     "zbv": "ZBV",
     "zbvzerobubble": "ZBV",
 }
+#: Stages each rank holds in a named schedule when the caller gives only the rank count;
+#: keyed by canonical name so that every alias in ``_ALIASES`` agrees.
+_STAGES_PER_RANK = {"Interleaved1F1B": 2, "ZBV": 2}
 
 
 def canonical_name(name: str) -> str:
@@ -40,6 +45,51 @@ def canonical_name(name: str) -> str:
             "(or load a CSV with Schedule.from_csv)"
         )
     return _ALIASES[key]
+
+
+def stages_per_rank(name: str) -> int:
+    """Stages per rank of the named schedule (any alias): 2 for Interleaved1F1B (its default)
+    and ZBV, 1 otherwise. Raises :class:`ScheduleError` for an unknown name."""
+    return _STAGES_PER_RANK.get(canonical_name(name), 1)
+
+
+def default_ranks(schedule: str | os.PathLike | Schedule, *, stages: int | None) -> int:
+    """Pipeline ranks of a run that does not say: the schedule's own (a CSV file or a
+    :class:`Schedule`), else ``stages`` over the name's stages per rank, else 2."""
+    if is_csv_source(schedule):
+        schedule = Schedule.from_csv(os.fspath(schedule))
+    if isinstance(schedule, Schedule):
+        return schedule.num_ranks
+    if not stages:
+        return 2
+    return max(1, stages // stages_per_rank(str(schedule)))
+
+
+def resolve(
+    schedule: str | os.PathLike | Schedule,
+    *,
+    stages: int | None,
+    microbatches: int,
+    ranks: int | None,
+) -> Schedule:
+    """A :class:`Schedule` from a schedule name (any alias), a CSV path or a Schedule.
+
+    A Schedule is returned as it is and a CSV file is read as it is (``stages``,
+    ``microbatches`` and ``ranks`` are the caller's to check against it). A name is built
+    for ``stages`` stages, or when ``stages`` is None for ``ranks`` ranks times the name's
+    :func:`stages_per_rank`.
+    """
+    if isinstance(schedule, Schedule):
+        return schedule
+    if not isinstance(schedule, (str, os.PathLike)):
+        raise ScheduleError(f"schedule must be a name, a CSV path or a Schedule, not {schedule!r}")
+    if is_csv_source(schedule):
+        return Schedule.from_csv(os.fspath(schedule))
+    if stages is None:
+        if ranks is None:
+            raise ScheduleError(f"schedule {schedule!r} needs stages= or ranks=")
+        stages = ranks * stages_per_rank(schedule)
+    return build(schedule, stages, microbatches, ranks=ranks)
 
 
 def build(name: str, stages: int, microbatches: int, ranks: int | None = None) -> Schedule:

@@ -18,8 +18,7 @@ from torch import nn
 
 import tfcompile
 from tfcompile.models.llama import Llama, LlamaConfig
-
-SCHEDULE_STAGES_PER_RANK = {"ZBV": 2, "Interleaved1F1B": 2}
+from tfcompile.schedules import stages_per_rank
 
 
 def make_model(seed: int, tied: bool = False) -> nn.Module:
@@ -65,7 +64,7 @@ def run(
     mismatch: bool = False,
 ):
     world = int(os.environ["WORLD_SIZE"])
-    stages = world * SCHEDULE_STAGES_PER_RANK.get(schedule, 1)
+    stages = world * stages_per_rank(schedule)
     model = make_model(0, tied)
     reference = copy.deepcopy(model)
     if mismatch and int(os.environ["RANK"]) == 1:
@@ -107,7 +106,7 @@ def run(
             def broken(*args, **kwargs):
                 raise RuntimeError(f"injected failure on rank {fail_rank}")
 
-            pipe.programs[stage].backward_input = broken
+            pipe.stage_programs[stage].backward_input = broken
         opt.zero_grad(set_to_none=True)
         loss = pipe.step(inputs, targets, frozen=frozen)
         opt.step()
