@@ -16,6 +16,18 @@ import tfcompile
 ATOL = 1e-5
 
 
+def run_eager(model: nn.Module, *xs):
+    """Eager forward. An nn.Sequential is composed as split.py composes blocks (a tuple
+    output is splatted into the next block), which plain nn.Sequential.forward cannot do."""
+    if type(model) is not nn.Sequential:
+        return model(*xs)
+    values = xs
+    for block in model:
+        out = block(*values)
+        values = out if isinstance(out, tuple) else (out,)
+    return values[0] if len(values) == 1 else values
+
+
 def max_diff(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
     if a is None or b is None:
         return 0.0 if a is None and b is None else float("inf")
@@ -56,7 +68,7 @@ def eager_accumulate(ref: nn.Module, inputs, targets, microbatches: int, loss_fn
     chunks = list(zip(*[t.chunk(microbatches) for t in ins]))
     tchunks = _chunk_target(targets, microbatches)
     for m, (xs, ym) in enumerate(zip(chunks, tchunks)):
-        loss = loss_fn(ref(*xs), ym) / microbatches
+        loss = loss_fn(run_eager(ref, *xs), ym) / microbatches
         want = [(n, p) for n, p in named.items() if p.requires_grad]
         grads = torch.autograd.grad(loss, [p for _, p in want], allow_unused=True)
         for (n, p), g in zip(want, grads):
@@ -137,14 +149,14 @@ def program_grads_vs_eager(module: nn.Module, inputs: list[tuple], grad_outputs:
         xs_ref = [x.clone() if x.requires_grad else x.clone() for x in leaves_in]
         if loss_fn is None:
             out = prog.forward(mb, *xs)
-            want = ref(*xs_ref)
+            want = run_eager(ref, *xs_ref)
             _assert_tree_close(out, want, atol)
             gin = prog.backward(mb, *_as_tuple(grad_outputs[mb]), frozen=fr)
             wants = [w for w in _flat(want) if w.requires_grad]
             gos = [g for g, w in zip(_flat(grad_outputs[mb]), _flat(want)) if w.requires_grad]
         else:
             out = prog.forward(mb, *xs, target=targets[mb])
-            want = loss_fn(ref(*xs_ref), targets[mb])
+            want = loss_fn(run_eager(ref, *xs_ref), targets[mb])
             _assert_tree_close(out, want, atol)
             gin = prog.backward(mb, frozen=fr)
             wants, gos = [want], [None]
