@@ -1,0 +1,138 @@
+"""Issue 11 kind 4: tensors not lifted into the trace. Plain tensor attributes trace as
+constants; loss_fn tensors trace as constants and loss_fn parameters are trained (they belong
+to the last stage and pipe.parameters())."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from exact_helpers import program_grads_vs_eager, train_and_compare
+from torch import nn
+
+import tfcompile
+
+XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="issue 11 kind 4: trace_stage passes only named_parameters/named_buffers as graph "
+    "inputs; plain tensor attributes and loss_fn tensors are real tensors under FakeTensorMode",
+)
+
+
+class Causal(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+        self.mask = torch.tril(torch.ones(5, 5))  # plain attribute, not a buffer
+
+    def forward(self, x):
+        a = (x @ x.transpose(-1, -2)).masked_fill(self.mask == 0, float("-inf")).softmax(-1)
+        return self.lin(a @ x)
+
+
+class Scaled(nn.Module):
+    """Own example: a plain 0-d tensor attribute used arithmetically, plus a plain tensor
+    table indexed by an integer input."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.scale = torch.tensor(0.5)
+        self.table = torch.randn(7, 4)
+
+    def forward(self, x, ids):
+        return self.lin(x * self.scale + self.table[ids])
+
+
+@XFAIL
+def test_case_causal_mask_plain_attribute():
+    torch.manual_seed(0)
+    xs = [(torch.randn(2, 5, 8, requires_grad=True),) for _ in range(2)]
+    program_grads_vs_eager(Causal(), xs, [torch.randn(2, 5, 8) for _ in range(2)])
+
+
+@XFAIL
+def test_plain_scalar_and_table_attributes():
+    torch.manual_seed(1)
+    m = Scaled()
+    xs = [(torch.randn(3, 4, requires_grad=True), torch.randint(0, 7, (3,))) for _ in range(2)]
+    program_grads_vs_eager(m, xs, [torch.randn(3, 4) for _ in range(2)])
+
+
+@XFAIL
+def test_case_weighted_cross_entropy_loss_fn():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    X, Y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    loss = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 2.0, 0.5]))
+    train_and_compare(model, inputs=X, targets=Y, loss_fn=loss, split_points=["2"],
+                      microbatches=2, opt="adamw")
+
+
+@XFAIL
+def test_loss_fn_closure_over_a_tensor_at_trace_stage_level():
+    """Own example: a plain function closing over a class-weight tensor, trace_stage level."""
+    torch.manual_seed(3)
+    w = torch.tensor([0.2, 1.0, 3.0])
+
+    def loss(o, y):
+        return nn.functional.cross_entropy(o, y, weight=w)
+
+    m = nn.Sequential(nn.Linear(6, 3))
+    xs = [(torch.randn(4, 6),) for _ in range(2)]
+    ys = [torch.randint(0, 3, (4,)) for _ in range(2)]
+    program_grads_vs_eager(m, xs, [None, None], loss_fn=loss, targets=ys)
+
+
+class TempLoss(nn.Module):
+    """A learnable loss temperature (CLIP-style)."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_t = nn.Parameter(torch.tensor(0.3))
+
+    def forward(self, logits, y):
+        return nn.functional.cross_entropy(logits * self.log_t.exp(), y)
+
+
+@XFAIL
+def test_learnable_loss_temperature_is_trained_and_exposed():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    loss = TempLoss()
+    ref_model, ref_loss = copy.deepcopy(model), copy.deepcopy(loss)
+    X, Y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    pipe = tfcompile.compile(model, schedule="1F1B", microbatches=2, ranks=2,
+                             example_inputs=(X[:4],), loss_fn=loss, example_target=Y[:4],
+                             split_points=["2"])
+    assert any(p is loss.log_t for p in pipe.parameters())
+    opt = torch.optim.AdamW(pipe.parameters(), lr=1e-2)
+    ref_params = [*ref_model.parameters(), *ref_loss.parameters()]
+    ref_opt = torch.optim.AdamW(ref_params, lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        ref_opt.zero_grad()
+        pipe.step(X, Y)
+        for a, b in zip(X.chunk(2), Y.chunk(2)):
+            (ref_loss(ref_model(a), b) / 2).backward()
+        opt.step()
+        ref_opt.step()
+        assert torch.allclose(loss.log_t, ref_loss.log_t, atol=1e-6)
+        for p, q in zip(model.parameters(), ref_model.parameters()):
+            assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_buffer_mask_already_exact():
+    """Control: the same mask registered as a buffer traces today."""
+
+    class CausalBuf(Causal):
+        def __init__(self):
+            super().__init__()
+            mask = self.mask
+            del self.mask
+            self.register_buffer("mask", mask)
+
+    torch.manual_seed(5)
+    xs = [(torch.randn(2, 5, 8, requires_grad=True),) for _ in range(2)]
+    program_grads_vs_eager(CausalBuf(), xs, [torch.randn(2, 5, 8) for _ in range(2)])
