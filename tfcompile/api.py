@@ -245,7 +245,7 @@ def compile(  # noqa: A001 - the public name the design asks for
         if freeze is not None:
             from tfcompile.freeze.controller import Freezer
 
-            pipe.freezer = Freezer(freeze, pipe)
+            pipe.freezer = Freezer.for_pipeline(freeze, pipe)
         return pipe
     except BaseException as exc:
         if failure is not None:

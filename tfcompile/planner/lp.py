@@ -491,6 +491,8 @@ class FreezePlanner:
         *,
         tolerance: float = 1e-9,
         method: str = "auto",
+        warm_start: bool = True,
+        prune: bool = False,
     ) -> None:
         _check_args(max_freeze_ratio, budget)
         self.dag = schedule if isinstance(schedule, ScheduleDAG) else ScheduleDAG(schedule)
@@ -498,13 +500,26 @@ class FreezePlanner:
         self.budget = budget
         self.tolerance = tolerance
         self.method = method
+        self.warm_start = warm_start
+        self.prune = prune
         self._state: dict[str, Any] = {}
 
     def plan(self, costs: Any) -> FreezePlan:
+        """The plan for ``costs``. With ``warm_start=False`` and ``prune=True`` it is exactly
+        ``plan_freeze(schedule, costs, ...)``'s, independent of earlier calls (what the
+        freezing controller needs for a resumed run to re-plan as an uninterrupted one)."""
+        state = self._state if self.warm_start else None
         return _plan(
-            self.dag, costs, self.max_freeze_ratio, self.budget, self.tolerance, False, False,
-            self._state, self.method,
+            self.dag, costs, self.max_freeze_ratio, self.budget, self.tolerance, self.prune,
+            False, state, self.method,
         )  # fmt: skip
+
+    def makespan(self, costs: Any, ratios: Mapping[tuple[int, int], float] | None = None) -> float:
+        """Step time the simulator predicts for ``ratios`` (none: nothing frozen) under
+        ``costs``, on the planner's DAG."""
+        from tfcompile.schedules.simulate import simulate
+
+        return float(simulate(self.dag, costs, None if ratios is None else dict(ratios)).makespan)
 
 
 def _plan(

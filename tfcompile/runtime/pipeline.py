@@ -18,6 +18,7 @@ from torch import nn
 from tfcompile.errors import GroupError, RuntimeConfigError
 from tfcompile.runtime.executor import StepRunner, forward_only_order
 from tfcompile.runtime.timers import ActionTimer, median_profile
+from tfcompile.schedules.profile import CostProfile
 from tfcompile.split import StageSpec
 
 
@@ -159,7 +160,11 @@ class Pipeline:
         Gradients accumulate into the parameters' .grad (each microbatch's loss is scaled by
         1/microbatches, so they equal eager accumulation of the mean loss).
         """
-        decided = self.freezer.before_step() if self.freezer is not None else {}
+        decided = {}
+        if self.freezer is not None:
+            need = self.freezer.measurement_due(self.step_index)
+            profile = self.measured_profile(*need) if need else None  # collective
+            decided = self.freezer.before_step(self.step_index, profile)
         frozen = self._check_frozen(decided if frozen is None else frozen)
         self.last_frozen = frozen
         M = self.num_microbatches
@@ -243,7 +248,7 @@ class Pipeline:
         dist.all_gather_object(gathered, value)
         return gathered
 
-    def measured_profile(self, window: int | None = None, frozen: str | None = None) -> dict:
+    def measured_profile(self, window: int | None = None, frozen: str | None = None) -> CostProfile:
         """Median F, I, W per stage (ms) and comm over the last `window` steps, all ranks.
 
         `frozen` ("none", "some", "all") restricts I and W to backward parts run with that
@@ -254,13 +259,11 @@ class Pipeline:
         gathered = self._gather(local)
         parts = [p for g in gathered for p in g[0]]
         arrivals = [a for g in gathered for a in g[1]]
-        return median_profile(parts, arrivals, self.num_stages, frozen)
+        return CostProfile.from_dict(median_profile(parts, arrivals, self.num_stages, frozen))
 
-    def profile(self, window: int | None = None):
-        """The measured cost profile as the planner's CostProfile (collective)."""
-        from tfcompile.schedules.profile import CostProfile
-
-        return CostProfile.from_dict(self.measured_profile(window))
+    def profile(self, window: int | None = None) -> CostProfile:
+        """Same as :meth:`measured_profile` with nothing frozen (collective)."""
+        return self.measured_profile(window)
 
     def step_times(self, window: int | None = None) -> list[float]:
         """Wall-clock seconds of the last steps on this rank (first action start to last end)."""
@@ -336,7 +339,8 @@ class Pipeline:
                         "cat": action.kind,
                     }
                 )
-        trace = {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"profile": profile}}
+        other = {"profile": profile.to_dict()}
+        trace = {"traceEvents": events, "displayTimeUnit": "ms", "otherData": other}
         with open(path, "w") as f:
             json.dump(trace, f)
         return trace
