@@ -63,7 +63,7 @@ def _load_schedule(args: argparse.Namespace):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from tfcompile.planner.lp import plan_freeze
+    from tfcompile.planner import plan_freeze
     from tfcompile.schedules.profile import CostProfile
     from tfcompile.schedules.simulate import simulate
 

@@ -465,7 +465,7 @@ def test_phase_before_first_step() -> None:
 
 @pytest.mark.parametrize("name", ["1f1b", "gpipe", "zbh1"])
 def test_with_the_real_planner(name: str) -> None:
-    lp = pytest.importorskip("tfcompile.planner.lp")
+    lp = pytest.importorskip("tfcompile.planner.plan")
     from tfcompile.schedules.generators import build
 
     schedule = build(name, S, M)
