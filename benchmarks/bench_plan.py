@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from reference_lp import reference_plan  # noqa: E402
 
-from tfcompile.planner.lp import FreezePlanner, plan_freeze  # noqa: E402
+from tfcompile.planner import FreezePlanner, plan_freeze  # noqa: E402
 from tfcompile.schedules import build  # noqa: E402
 from tfcompile.schedules.profile import CostProfile  # noqa: E402
 

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tfcompile.cli import build_parser, main
-from tfcompile.planner.lp import plan_freeze
+from tfcompile.planner import plan_freeze
 from tfcompile.schedules import build, export
 from tfcompile.schedules.profile import CostProfile
 from tfcompile.schedules.simulate import simulate

@@ -286,7 +286,7 @@ def _freezer_factory(freeze: FreezeConfig | None) -> Callable[[Pipeline], object
         return None
     from tfcompile.freeze.controller import Freezer
 
-    return lambda pipe: Freezer(freeze, pipe)
+    return lambda pipe: Freezer.for_pipeline(freeze, pipe)
 
 
 __all__ = ["Pipeline", "compile"]

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from tfcompile.errors import TFCompileError
-from tfcompile.planner.lp import DEFAULT_MAX_FREEZE_RATIO
+from tfcompile.planner.problem import DEFAULT_MAX_FREEZE_RATIO
 
 
 def _register_plan(sub: argparse._SubParsersAction) -> None:
@@ -69,7 +69,7 @@ def _load_schedule(args: argparse.Namespace):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from tfcompile.planner.lp import plan_freeze
+    from tfcompile.planner import plan_freeze
     from tfcompile.schedules.profile import CostProfile
     from tfcompile.schedules.simulate import simulate
 

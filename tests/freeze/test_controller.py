@@ -1,4 +1,4 @@
-"""The phase controller against a fake pipeline that follows the runtime contract."""
+"""The phase controller, given a layout, measured profiles and a fake planner directly."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from tfcompile import FreezeConfig, FreezeConfigError
-from tfcompile.freeze import controller as ctl
 from tfcompile.freeze.controller import Freezer
+from tfcompile.freeze.layout import FreezeLayout
+from tfcompile.freeze.phases import Phases
+from tfcompile.schedules.profile import CostProfile
 
 S, M, G = 3, 4, 4  # stages, microbatches, groups per stage
 # measured per-stage times with nothing / everything frozen (I, W); stage 0 truncates (I ~ 0)
@@ -32,18 +34,44 @@ class FakePlan:
     solve_seconds: float = 0.0
 
 
-class FakePipe:
-    """Deterministic stand-in for Pipeline: parameters, grads, and measured times that
-    depend on what the freezer froze in the measured window."""
+class FakePlanner:
+    """Stands in for the LP: records the profiles it receives, returns a uniform plan.
+
+    ``makespans`` are the plans' step times in turn (default 10 / (1 + solves)),
+    ``predictions`` what the plan in force is predicted to take under a refreshed profile.
+    """
+
+    def __init__(
+        self,
+        ratio: float = 0.8,
+        cap: float = 0.9,
+        makespans: list[float] | None = None,
+        predictions: list[float] | None = None,
+    ) -> None:
+        self.ratio, self.cap = ratio, cap
+        self.received: list[CostProfile] = []
+        self.makespans = None if makespans is None else iter(makespans)
+        self.predictions = None if predictions is None else iter(predictions)
+
+    def plan(self, costs: CostProfile) -> FakePlan:
+        self.received.append(costs)
+        r = min(self.ratio, self.cap)
+        makespan = (
+            10.0 / (1 + len(self.received)) if self.makespans is None else next(self.makespans)
+        )
+        return FakePlan({(s, m): r for s in range(S) for m in range(M)}, makespan, 10.0)
+
+    def makespan(self, costs: CostProfile, ratios: dict) -> float:
+        return 5.0 if self.predictions is None else next(self.predictions)
+
+
+class Run:
+    """A deterministic training run around the freezer, stepping it as `Pipeline.step` does:
+    parameters, grads, and measured times that depend on what the freezer froze in the
+    measured window."""
 
     def __init__(self, local: list[int] | None = None, seed: int = 0, schedule: Any = None) -> None:
-        self.schedule = schedule or SimpleNamespace(
-            num_stages=S,
-            num_microbatches=M,
-            stage_to_rank=list(range(S)),
-            programs=[[] for _ in range(S)],
-            split_backward=True,
-        )
+        self.schedule = schedule or SimpleNamespace(num_stages=S, num_microbatches=M)
         self.local_stages = list(range(S)) if local is None else local
         self.step_index = 0
         gen = torch.Generator().manual_seed(seed)
@@ -56,16 +84,17 @@ class FakePipe:
         self.profile_calls: list[tuple[int, int]] = []
         self.slowdown = 1.0
 
-    def stage_groups(self, stage: int) -> dict[str, list[str]]:
-        return {f"g{g}": [f"s{stage}.g{g}.w"] for g in range(G)}
+    def layout(self) -> FreezeLayout:
+        return FreezeLayout.of(
+            self.schedule,
+            {s: {f"g{g}": [f"s{s}.g{g}.w"] for g in range(G)} for s in self.local_stages},
+            {s: {f"g{g}": float(g + 1) for g in range(G)} for s in self.local_stages},
+        )
 
-    def group_costs(self, stage: int) -> dict[str, float]:
-        return {f"g{g}": float(g + 1) for g in range(G)}
+    def freezer(self, config: FreezeConfig, planner: Any = None) -> Freezer:
+        return Freezer(config, self.layout(), parameters=self.params, planner=planner)
 
-    def named_parameters(self):
-        return iter(self.params.items())
-
-    def measured_profile(self, window: int) -> dict[str, Any]:
+    def measure(self, window: int, frozen: str | None = None) -> CostProfile:
         self.profile_calls.append((self.step_index, window))
         recent = self.history[-window:]
         stages = []
@@ -77,10 +106,12 @@ class FakePipe:
             w = FULL[s][1] + frac * (ALL_FROZEN[s][1] - FULL[s][1])
             k = self.slowdown if s == S - 1 else 1.0
             stages.append({"F": F_TIME[s] * k, "I": i * k, "W": w * k})
-        return {"stages": stages, "comm": 0.25, "unit": "ms"}
+        return CostProfile(stages, 0.25, "ms")
 
     def run_step(self, freezer: Freezer) -> dict:
-        frozen = freezer.before_step()
+        need = freezer.measurement_due(self.step_index)
+        profile = self.measure(*need) if need else None
+        frozen = freezer.before_step(self.step_index, profile)
         self.history.append(frozen)
         step = self.step_index
         for name, p in self.params.items():
@@ -100,79 +131,65 @@ class FakePipe:
         return frozen
 
 
-def fake_planner(monkeypatch: pytest.MonkeyPatch, ratio: float = 0.8) -> list[dict]:
-    """Replace the LP: record the profiles it receives, return a uniform plan."""
-    received: list[dict] = []
-
-    def solve(schedule: Any, profile: dict, cap: float) -> FakePlan:
-        received.append(profile)
-        r = min(ratio, cap)
-        makespan = 10.0 / (1 + len(received))
-        return FakePlan({(s, m): r for s in range(S) for m in range(M)}, makespan, 10.0)
-
-    monkeypatch.setattr(ctl, "solve_plan", solve)
-    monkeypatch.setattr(ctl, "predict_makespan", lambda sched, prof, ratios: 5.0)
-    return received
-
-
 def small(**kwargs: Any) -> FreezeConfig:
     base = dict(warmup_steps=5, monitor_steps=4, ramp_steps=6, check_every=2, replan_every=0)
     base.update(kwargs)
     return FreezeConfig(**base)
 
 
-def run(freezer: Freezer, pipe: FakePipe, steps: int) -> list[str]:
+def advance(freezer: Freezer, run: Run, steps: int) -> list[str]:
     phases = []
     for _ in range(steps):
-        pipe.run_step(freezer)
+        run.run_step(freezer)
         phases.append(freezer.phase)
     return phases
 
 
-def test_phase_transitions_at_configured_steps(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_planner(monkeypatch)
-    pipe = FakePipe()
-    freezer = Freezer(small(), pipe)
-    phases = run(freezer, pipe, 24)
+def test_phase_transitions_at_configured_steps() -> None:
+    planner = FakePlanner()
+    run = Run()
+    freezer = run.freezer(small(), planner)
+    phases = advance(freezer, run, 24)
     expected = (["warmup"] * 5 + ["monitor_wmax"] * 4 + ["monitor_wmin"] * 4 + ["ramp"] * 6) + [
         "steady"
     ] * 5
     assert phases == expected
-    assert all(pipe.history[t] == {} for t in range(9))  # warm-up and w_max: nothing frozen
+    assert all(run.history[t] == {} for t in range(9))  # warm-up and w_max: nothing frozen
     everything = {(s, m): frozenset(f"g{g}" for g in range(G)) for s in range(S) for m in range(M)}
-    assert all(pipe.history[t] == everything for t in range(9, 13))
+    assert all(run.history[t] == everything for t in range(9, 13))
     assert freezer.plan is not None and freezer.plan.makespan == 5.0
 
 
-def test_lp_receives_the_measured_times(monkeypatch: pytest.MonkeyPatch) -> None:
-    received = fake_planner(monkeypatch)
-    pipe = FakePipe()
-    freezer = Freezer(small(), pipe)
-    run(freezer, pipe, 14)
+def test_lp_receives_the_measured_times() -> None:
+    planner = FakePlanner()
+    received = planner.received
+    run = Run()
+    freezer = run.freezer(small(), planner)
+    advance(freezer, run, 14)
     # measured at the end of each monitoring window, over exactly that window
-    assert pipe.profile_calls == [(9, 4), (13, 4)]
+    assert run.profile_calls == [(9, 4), (13, 4)]
     assert len(received) == 1
     profile = received[0]
     for s in range(S):
         w_max = sum(FULL[s])
         w_min = sum(ALL_FROZEN[s])
-        stage = profile["stages"][s]
+        stage = profile.stages[s]
         assert stage["F"] == pytest.approx(F_TIME[s])
         assert stage["I"] == pytest.approx(w_min)
         assert stage["W"] == pytest.approx(max(w_max - w_min, 0.0))
-    assert profile["stages"][0]["I"] == pytest.approx(0.05)  # truncated first stage
-    assert profile["stages"][2]["W"] == 0.0  # frozen looked slower: clipped
-    assert profile["comm"] == 0.25 and profile["unit"] == "ms"
+    assert profile.stages[0]["I"] == pytest.approx(0.05)  # truncated first stage
+    assert profile.stages[2]["W"] == 0.0  # frozen looked slower: clipped
+    assert profile.comm == 0.25 and profile.unit == "ms"
     assert freezer.profiles["planned"] == profile
 
 
-def test_ramp_follows_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_planner(monkeypatch, ratio=0.6)
-    pipe = FakePipe()
-    freezer = Freezer(small(ramp_steps=6, check_every=2), pipe)
+def test_ramp_follows_its_config() -> None:
+    planner = FakePlanner(ratio=0.6)
+    run = Run()
+    freezer = run.freezer(small(ramp_steps=6, check_every=2), planner)
     targets = []
     for _ in range(22):
-        pipe.run_step(freezer)
+        run.run_step(freezer)
         targets.append(freezer.ratios[(1, 0)])
     ramp = targets[13:19]  # K = 6 / 2 = 3 decision steps of 1/3 each
     assert ramp == pytest.approx([0.2, 0.2, 0.4, 0.4, 0.6, 0.6])
@@ -185,63 +202,59 @@ def test_ramp_follows_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
     assert all(abs(a - 0.6) <= G / total / 2 for a in actual.values())
 
 
-def test_ramp_rounds_up_partial_decision_windows(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_planner(monkeypatch, ratio=0.9)
-    pipe = FakePipe()
-    freezer = Freezer(small(ramp_steps=5, check_every=2), pipe)
+def test_ramp_rounds_up_partial_decision_windows() -> None:
+    planner = FakePlanner(ratio=0.9)
+    run = Run()
+    freezer = run.freezer(small(ramp_steps=5, check_every=2), planner)
     targets = []
     for _ in range(19):
-        pipe.run_step(freezer)
+        run.run_step(freezer)
         targets.append(freezer.ratios[(0, 3)])
     assert targets[13:18] == pytest.approx([0.3, 0.3, 0.6, 0.6, 0.9])
     assert targets[18] == pytest.approx(0.9)
 
 
-def test_timely_rotates_every_decision_step_and_agrees_across_ranks(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    fake_planner(monkeypatch, ratio=0.5)
-    pipe = FakePipe()
-    freezer = Freezer(small(ramp_steps=0), pipe)
-    run(freezer, pipe, 30)
-    steady = pipe.history[13:30]
+def test_timely_rotates_every_decision_step_and_agrees_across_ranks() -> None:
+    planner = FakePlanner(ratio=0.5)
+    run = Run()
+    freezer = run.freezer(small(ramp_steps=0), planner)
+    advance(freezer, run, 30)
+    steady = run.history[13:30]
     for t in range(14, 29, 2):  # decision steps are even: constant within a window
-        assert pipe.history[t] == pipe.history[t + 1]
+        assert run.history[t] == run.history[t + 1]
     assert len({tuple(sorted(h[(1, 0)])) for h in steady}) > 1  # rotates
     # a rank holding only stage 1 decides exactly as the single rank did for stage 1
-    rank_pipe = FakePipe(local=[1])
-    rank = Freezer(small(ramp_steps=0), rank_pipe)
-    run(rank, rank_pipe, 30)
-    for full, part in zip(pipe.history, rank_pipe.history):
+    rank_run = Run(local=[1])
+    rank = rank_run.freezer(small(ramp_steps=0), planner)
+    advance(rank, rank_run, 30)
+    for full, part in zip(run.history, rank_run.history):
         assert part == {k: v for k, v in full.items() if k[0] == 1}
 
 
-def test_seed_changes_the_choice(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_planner(monkeypatch, ratio=0.5)
+def test_seed_changes_the_choice() -> None:
+    planner = FakePlanner(ratio=0.5)
     histories = []
     for seed in (0, 1):
-        pipe = FakePipe()
-        run(Freezer(small(ramp_steps=0, seed=seed), pipe), pipe, 25)
-        histories.append(pipe.history[13:])
+        run = Run()
+        advance(run.freezer(small(ramp_steps=0, seed=seed), planner), run, 25)
+        histories.append(run.history[13:])
     assert histories[0] != histories[1]
 
 
 def test_rescale_divides_by_contributing_microbatches() -> None:
     grads = {}
     for mode in ("drop", "rescale"):
-        pipe = FakePipe()
-        freezer = Freezer(FreezeConfig(policy="none", grad=mode), pipe)
-        freezer.before_step()
+        run = Run()
+        freezer = run.freezer(FreezeConfig(policy="none", grad=mode))
+        freezer.before_step(0)
         # 3 of 4 microbatches freeze g0 of stage 0; all 4 freeze g1
-        freezer._frozen = {(0, m): frozenset({"g0", "g1"}) for m in range(3)}
-        freezer._frozen[(0, 3)] = frozenset({"g1"})
-        pipe.params["s0.g0.w"].grad = torch.ones(5)
-        pipe.params["s0.g1.w"].grad = None
-        pipe.params["s0.g2.w"].grad = torch.full((5,), 2.0)
-        freezer.after_step(0.1, None)
-        grads[mode] = {
-            n: None if p.grad is None else p.grad.clone() for n, p in pipe.params.items()
-        }
+        frozen = {(0, m): frozenset({"g0", "g1"}) for m in range(3)}
+        frozen[(0, 3)] = frozenset({"g1"})
+        run.params["s0.g0.w"].grad = torch.ones(5)
+        run.params["s0.g1.w"].grad = None
+        run.params["s0.g2.w"].grad = torch.full((5,), 2.0)
+        freezer.after_step(0.1, None, frozen=frozen)
+        grads[mode] = {n: None if p.grad is None else p.grad.clone() for n, p in run.params.items()}
     assert torch.equal(grads["drop"]["s0.g0.w"], torch.ones(5))
     assert torch.equal(grads["rescale"]["s0.g0.w"], torch.full((5,), 4.0))  # M / 1
     assert grads["rescale"]["s0.g1.w"] is None  # no contribution: stays None
@@ -249,80 +262,64 @@ def test_rescale_divides_by_contributing_microbatches() -> None:
 
 
 def test_rescale_uses_the_mapping_the_step_really_used() -> None:
-    pipe = FakePipe()
-    freezer = Freezer(FreezeConfig(policy="none", grad="rescale"), pipe)
-    assert freezer.before_step() == {}
-    pipe.params["s1.g3.w"].grad = torch.ones(5)
+    run = Run()
+    freezer = run.freezer(FreezeConfig(policy="none", grad="rescale"))
+    assert freezer.before_step(0) == {}
+    run.params["s1.g3.w"].grad = torch.ones(5)
     override = {(1, m): {"g3"} for m in range(2)}  # the caller froze g3 in 2 of 4 microbatches
     freezer.after_step(0.1, None, frozen=override)
-    assert torch.equal(pipe.params["s1.g3.w"].grad, torch.full((5,), 2.0))
+    assert torch.equal(run.params["s1.g3.w"].grad, torch.full((5,), 2.0))
     assert freezer.actual_ratios[1] == pytest.approx(0.5 * 4 / 10)
 
 
-def test_replan_only_when_drifted_and_adopted_only_when_faster(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    solved: list[dict] = []
-    makespans = iter([8.0, 7.9, 4.0])  # initial plan, then two re-plans
-
-    def solve(schedule: Any, profile: dict, cap: float) -> FakePlan:
-        solved.append(profile)
-        return FakePlan({(s, m): 0.5 for s in range(S) for m in range(M)}, next(makespans), 10.0)
-
-    predictions = iter([8.1, 9.6, 9.6])  # current plan under re-measured profiles
-
-    monkeypatch.setattr(ctl, "solve_plan", solve)
-    monkeypatch.setattr(ctl, "predict_makespan", lambda *a: next(predictions))
-    pipe = FakePipe()
-    freezer = Freezer(small(ramp_steps=0, replan_every=4, replan_drift=0.1), pipe)
-    run(freezer, pipe, 18)  # steady from 13; re-measure at 17
+def test_replan_only_when_drifted_and_adopted_only_when_faster() -> None:
+    planner = FakePlanner(
+        ratio=0.5,
+        makespans=[8.0, 7.9, 4.0],  # initial plan, then two re-plans
+        predictions=[8.1, 9.6, 9.6],  # current plan under re-measured profiles
+    )
+    solved = planner.received
+    run = Run()
+    freezer = run.freezer(small(ramp_steps=0, replan_every=4, replan_drift=0.1), planner)
+    advance(freezer, run, 18)  # steady from 13; re-measure at 17
     assert len(solved) == 1  # 8.1 vs 8.0: 1% drift, no re-solve
-    assert pipe.profile_calls[-1] == (17, 4)
-    pipe.slowdown = 2.0
-    run(freezer, pipe, 4)  # step 21: drift 9.6 vs 8.1; new plan 7.9 is faster than 9.6
+    assert run.profile_calls[-1] == (17, 4)
+    run.slowdown = 2.0
+    advance(freezer, run, 4)  # step 21: drift 9.6 vs 8.1; new plan 7.9 is faster than 9.6
     assert len(solved) == 2 and freezer.plan.makespan == 7.9 and freezer.replans == 1
-    refreshed = solved[1]["stages"][2]
+    refreshed = solved[1].stages[2]
     assert refreshed["F"] == pytest.approx(2 * F_TIME[2])  # F as measured
-    run(freezer, pipe, 4)  # step 25: 9.6 vs 7.9 drifts; plan 4.0 adopted
+    advance(freezer, run, 4)  # step 25: 9.6 vs 7.9 drifts; plan 4.0 adopted
     assert freezer.plan.makespan == 4.0 and freezer.replans == 2
 
 
-def test_replan_keeps_the_plan_when_not_faster(monkeypatch: pytest.MonkeyPatch) -> None:
-    makespans = iter([8.0, 9.9])
-
-    def solve(schedule: Any, profile: dict, cap: float) -> FakePlan:
-        return FakePlan({(s, m): 0.5 for s in range(S) for m in range(M)}, next(makespans), 10.0)
-
-    monkeypatch.setattr(ctl, "solve_plan", solve)
-    monkeypatch.setattr(ctl, "predict_makespan", lambda *a: 9.95)
-    pipe = FakePipe()
-    freezer = Freezer(small(ramp_steps=0, replan_every=4), pipe)
-    run(freezer, pipe, 18)
+def test_replan_keeps_the_plan_when_not_faster() -> None:
+    planner = FakePlanner(ratio=0.5, makespans=[8.0, 9.9], predictions=[9.95] * 10)
+    run = Run()
+    freezer = run.freezer(small(ramp_steps=0, replan_every=4), planner)
+    advance(freezer, run, 18)
     assert freezer.plan.makespan == 8.0 and freezer.replans == 0
 
 
 def test_refresh_scales_backward_by_measured_over_predicted() -> None:
     from tfcompile.freeze.time_model import refresh_profile
 
-    planned = {"stages": [{"F": 1.0, "I": 2.0, "W": 4.0}], "comm": 0.1}
-    measured = {"stages": [{"F": 1.5, "I": 3.0, "W": 1.0}], "comm": 0.2}
+    planned = CostProfile([{"F": 1.0, "I": 2.0, "W": 4.0}], 0.1)
+    measured = CostProfile([{"F": 1.5, "I": 3.0, "W": 1.0}], 0.2)
     # ratio 0.5 predicts I + W/2 = 4; measured 4 -> unchanged; F and comm as measured
-    assert refresh_profile(planned, measured, [0.5]) == {
-        "stages": [{"F": 1.5, "I": 2.0, "W": 4.0}],
-        "comm": 0.2,
-    }
-    measured["stages"][0]["W"] = 5.0  # 8 vs 4: the stage became twice as slow
-    assert refresh_profile(planned, measured, [0.5])["stages"][0] == {"F": 1.5, "I": 4.0, "W": 8.0}
+    assert refresh_profile(planned, measured, [0.5]) == CostProfile(
+        [{"F": 1.5, "I": 2.0, "W": 4.0}], 0.2
+    )
+    measured.stages[0]["W"] = 5.0  # 8 vs 4: the stage became twice as slow
+    assert refresh_profile(planned, measured, [0.5]).stages[0] == {"F": 1.5, "I": 4.0, "W": 8.0}
 
 
-def test_phase_and_plan_are_logged(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    fake_planner(monkeypatch)
-    pipe = FakePipe()
-    freezer = Freezer(small(), pipe)
+def test_phase_and_plan_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    planner = FakePlanner()
+    run = Run()
+    freezer = run.freezer(small(), planner)
     with caplog.at_level(logging.INFO, logger="tfcompile.freeze"):
-        run(freezer, pipe, 20)
+        advance(freezer, run, 20)
     lines = [r.getMessage() for r in caplog.records if r.name == "tfcompile.freeze"]
     assert sum("phase" in line for line in lines) == 5
     assert any("monitor_wmin -> ramp" in line for line in lines)
@@ -332,7 +329,7 @@ def test_phase_and_plan_are_logged(
 
 @pytest.mark.parametrize("policy", ["none", "apf", "autofreeze", "freezeout"])
 def test_baselines_ignore_phases_and_freeze_whole_steps(policy: str) -> None:
-    pipe = FakePipe()
+    run = Run()
     cfg = FreezeConfig(
         policy=policy,
         check_every=2,
@@ -341,59 +338,59 @@ def test_baselines_ignore_phases_and_freeze_whole_steps(policy: str) -> None:
         freezeout_t0=0.3,
         apf_threshold=0.9,
     )
-    freezer = Freezer(cfg, pipe)
-    run(freezer, pipe, 40)
+    freezer = run.freezer(cfg)
+    advance(freezer, run, 40)
     assert freezer.phase == ("off" if policy == "none" else "baseline")
-    assert pipe.profile_calls == [] and freezer.plan is None
-    for frozen in pipe.history:
+    assert run.profile_calls == [] and freezer.plan is None
+    for frozen in run.history:
         for s in range(S):  # the same groups in every microbatch of a step
             assert len({frozen.get((s, m), frozenset()) for m in range(M)}) == 1
-    froze_something = any(pipe.history)
+    froze_something = any(run.history)
     assert froze_something == (policy != "none")
 
 
 def test_freezeout_follows_its_schedule_over_the_whole_model() -> None:
-    pipe = FakePipe()
+    run = Run()
     cfg = FreezeConfig(policy="freezeout", total_steps=100, freezeout_t0=0.5)
-    freezer = Freezer(cfg, pipe)
-    run(freezer, pipe, 100)
+    freezer = run.freezer(cfg)
+    advance(freezer, run, 100)
     layers = S * G  # t_i = 0.5 + 0.5 * i / 11 (cubed): layer i frozen from round(100 t_i^3)
     for i in range(layers):
         s, g = divmod(i, G)
         t = (0.5 + 0.5 * i / (layers - 1)) ** 3
-        first = next((k for k, h in enumerate(pipe.history) if f"g{g}" in h.get((s, 0), ())), None)
+        first = next((k for k, h in enumerate(run.history) if f"g{g}" in h.get((s, 0), ())), None)
         assert first == (None if i == layers - 1 else round(100 * t))
     assert freezer.lr_factor(0, "g0", 0) == pytest.approx(1 / 0.125)
 
 
-def test_hybrid_metric_picks_the_groups(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake_planner(monkeypatch, ratio=0.5)
-    pipe = FakePipe()
-    freezer = Freezer(small(policy="timely+apf", ramp_steps=0, apf_ema=0.5), pipe)
-    run(freezer, pipe, 16)
+def test_hybrid_metric_picks_the_groups() -> None:
+    planner = FakePlanner(ratio=0.5)
+    run = Run()
+    freezer = run.freezer(small(policy="timely+apf", ramp_steps=0, apf_ema=0.5), planner)
+    advance(freezer, run, 16)
     stability = freezer._apf.stability()
     for s in range(S):
         scores = {g: stability[(s, g)] for g in freezer.groups[s]}
         order = sorted(scores, key=lambda g: (scores[g], g))
-        chosen = pipe.history[-1][(s, 0)]
+        chosen = run.history[-1][(s, 0)]
         # greedy over the stability order: its first group is always chosen (target 5 of 10)
         assert order[0] in chosen
         # later microbatches absorb the rounding error of earlier ones: the average follows
         average = sum(
-            sum(float(g[1:]) + 1 for g in pipe.history[-1].get((s, m), ())) / 10 for m in range(M)
+            sum(float(g[1:]) + 1 for g in run.history[-1].get((s, m), ())) / 10 for m in range(M)
         )
         assert abs(average / M - 0.5) <= 0.1
         assert freezer.actual_ratios[s] == pytest.approx(average / M)
 
 
-def _save(freezer: Freezer, pipe: FakePipe) -> bytes:
+def _save(freezer: Freezer, run: Run) -> bytes:
     buffer = io.BytesIO()
     torch.save(
         {
             "freezer": freezer.state_dict(),
-            "params": {n: p.detach().clone() for n, p in pipe.params.items()},
-            "step": pipe.step_index,
-            "history": pipe.history,
+            "params": {n: p.detach().clone() for n, p in run.params.items()},
+            "step": run.step_index,
+            "history": run.history,
         },
         buffer,
     )
@@ -403,10 +400,8 @@ def _save(freezer: Freezer, pipe: FakePipe) -> bytes:
 @pytest.mark.parametrize(
     "policy", ["timely", "timely+apf", "timely+autofreeze", "apf", "autofreeze", "freezeout"]
 )
-def test_resume_reproduces_the_uninterrupted_run(
-    monkeypatch: pytest.MonkeyPatch, policy: str
-) -> None:
-    fake_planner(monkeypatch, ratio=0.5)
+def test_resume_reproduces_the_uninterrupted_run(policy: str) -> None:
+    planner = FakePlanner(ratio=0.5)
     cfg = small(
         policy=policy,
         replan_every=4,
@@ -416,74 +411,73 @@ def test_resume_reproduces_the_uninterrupted_run(
         freezeout_t0=0.3,
     )
     steps, cut = 48, 17
-    whole = FakePipe()
-    uninterrupted = Freezer(cfg, whole)
-    run(uninterrupted, whole, steps)
+    whole = Run()
+    uninterrupted = whole.freezer(cfg, planner)
+    advance(uninterrupted, whole, steps)
 
-    first = FakePipe()
-    before_cut = Freezer(cfg, first)
-    run(before_cut, first, cut)
+    first = Run()
+    before_cut = first.freezer(cfg, planner)
+    advance(before_cut, first, cut)
     blob = _save(before_cut, first)
     del before_cut, first
     state = torch.load(io.BytesIO(blob), weights_only=False)
-    resumed_pipe = FakePipe(seed=99)  # different init: everything must come from the checkpoint
+    resumed_run = Run(seed=99)  # different init: everything must come from the checkpoint
     with torch.no_grad():
-        for n, p in resumed_pipe.params.items():
+        for n, p in resumed_run.params.items():
             p.copy_(state["params"][n])
-    resumed_pipe.step_index = state["step"]
-    resumed_pipe.history = state["history"]
-    resumed = Freezer(cfg, resumed_pipe)
+    resumed_run.step_index = state["step"]
+    resumed_run.history = state["history"]
+    resumed = resumed_run.freezer(cfg, planner)
     resumed.load_state_dict(state["freezer"])
     assert resumed.phase == uninterrupted_phase(cfg, cut - 1)
-    run(resumed, resumed_pipe, steps - cut)
-    assert resumed_pipe.history == whole.history
+    advance(resumed, resumed_run, steps - cut)
+    assert resumed_run.history == whole.history
     assert resumed.phase == uninterrupted.phase
     for n, p in whole.params.items():
-        assert torch.allclose(resumed_pipe.params[n], p, atol=0, rtol=0)
+        assert torch.allclose(resumed_run.params[n], p, atol=0, rtol=0)
     if cfg.uses_plan:
         assert resumed.plan.ratios == uninterrupted.plan.ratios
 
 
 def uninterrupted_phase(cfg: FreezeConfig, step: int) -> str:
-    pipe = FakePipe()
-    return Freezer(cfg, pipe)._phase_at(step)
+    return Phases.of(cfg).at(step)
 
 
-def test_resume_with_another_policy_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    pipe = FakePipe()
-    freezer = Freezer(FreezeConfig(policy="apf"), pipe)
-    run(freezer, pipe, 3)
-    other = Freezer(FreezeConfig(policy="timely"), FakePipe())
+def test_resume_with_another_policy_is_refused() -> None:
+    run = Run()
+    freezer = run.freezer(FreezeConfig(policy="apf"))
+    advance(freezer, run, 3)
+    other = Run().freezer(FreezeConfig(policy="timely"))
     with pytest.raises(FreezeConfigError, match="policy='apf'"):
         other.load_state_dict(freezer.state_dict())
 
 
 def test_config_type_is_checked() -> None:
     with pytest.raises(FreezeConfigError, match="FreezeConfig"):
-        Freezer({"policy": "timely"}, FakePipe())  # type: ignore[arg-type]
+        Run().freezer({"policy": "timely"})  # type: ignore[arg-type]
 
 
 def test_phase_before_first_step() -> None:
-    assert Freezer(small(), FakePipe()).phase == "warmup"
-    assert Freezer(small(warmup_steps=0), FakePipe()).phase == "monitor_wmax"
-    assert math.isclose(sum(Freezer(small(), FakePipe()).actual_ratios.values()), 0.0)
+    assert Run().freezer(small()).phase == "warmup"
+    assert Run().freezer(small(warmup_steps=0)).phase == "monitor_wmax"
+    assert math.isclose(sum(Run().freezer(small()).actual_ratios.values()), 0.0)
 
 
 @pytest.mark.parametrize("name", ["1f1b", "gpipe", "zbh1"])
 def test_with_the_real_planner(name: str) -> None:
-    lp = pytest.importorskip("tfcompile.planner.lp")
+    lp = pytest.importorskip("tfcompile.planner.plan")
     from tfcompile.schedules.generators import build
 
     schedule = build(name, S, M)
-    pipe = FakePipe(schedule=schedule)
+    run = Run(schedule=schedule)
     cap = 0.7
-    freezer = Freezer(small(max_freeze_ratio=cap, replan_every=4), pipe)
-    run(freezer, pipe, 30)  # plan at 13, steady from 19, re-measured at 23 and 27
+    freezer = run.freezer(small(max_freeze_ratio=cap, replan_every=4))
+    advance(freezer, run, 30)  # plan at 13, steady from 19, re-measured at 23 and 27
     plan = freezer.plan
     assert isinstance(plan, lp.FreezePlan)
     assert plan.makespan < plan.baseline_makespan
     for s in range(S):
         assert sum(plan.ratios.get((s, m), 0.0) for m in range(M)) / M <= cap + 1e-6
     assert freezer.ratios == {k: pytest.approx(plan.ratios.get(k, 0.0)) for k in freezer.ratios}
-    frozen_stages = {s for (s, _m) in pipe.history[-1]}
+    frozen_stages = {s for (s, _m) in run.history[-1]}
     assert frozen_stages <= {s for s in range(S) if plan.stage_average()[s] > 0}

@@ -16,7 +16,7 @@ from torch import nn
 
 import tfcompile
 from tfcompile import FreezeConfig
-from tfcompile.freeze import controller as ctl
+from tfcompile.freeze.controller import Freezer
 from tfcompile.freeze.policies import frozen_fraction, select_by_cost, select_for_stage
 from tfcompile.models.llama import Llama, LlamaConfig
 
@@ -123,18 +123,25 @@ def check_step(pipe, frozen, ran, cap):
         assert freezer.actual_ratios[stage] <= cap + 1e-9
 
 
-def test_planned_ratios_skip_w_regions_and_report_what_ran(monkeypatch):
+class FixedPlanner:
+    """Returns one plan whatever the measured profile."""
+
+    def __init__(self, ratios):
+        self.ratios = ratios
+
+    def plan(self, costs):
+        return SimpleNamespace(
+            ratios=self.ratios, makespan=8.0, baseline_makespan=10.0, status="optimal"
+        )
+
+    def makespan(self, costs, ratios):
+        return 8.0
+
+
+def test_planned_ratios_skip_w_regions_and_report_what_ran():
     """A fixed plan (the LP's shape: mostly 0/1, stage average <= cap) through the runtime."""
     cap = 0.6
     plan_ratios = {(0, 0): 1.0, (0, 1): 1.0, (0, 2): 0.4, (1, 1): 0.9, (1, 2): 0.5, (1, 3): 0.9}
-
-    def fake_solve(schedule, profile, max_freeze_ratio):
-        assert max_freeze_ratio == cap
-        return SimpleNamespace(
-            ratios=plan_ratios, makespan=8.0, baseline_makespan=10.0, status="optimal"
-        )
-
-    monkeypatch.setattr(ctl, "solve_plan", fake_solve)
     cfg = FreezeConfig(
         policy="timely",
         warmup_steps=1,
@@ -145,6 +152,7 @@ def test_planned_ratios_skip_w_regions_and_report_what_ran(monkeypatch):
         total_steps=8,
     )
     pipe = build(cfg)
+    pipe.freezer = Freezer.for_pipeline(cfg, pipe, planner=FixedPlanner(plan_ratios))
     phases = []
     for step in range(7):
         frozen, ran = step_and_count(pipe, step)

@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from tfcompile.errors import PlanError
 from tfcompile.planner import decompose, netflow
-from tfcompile.planner import lp as lp_mod
-from tfcompile.planner.lp import _Model, plan_freeze
+from tfcompile.planner import plan as plan_mod
+from tfcompile.planner.lp import _Model
+from tfcompile.planner.plan import plan_freeze
+from tfcompile.planner.problem import FreezeProblem, schedule_dag
 from tfcompile.schedules import build
 from tfcompile.schedules.dag import ScheduleDAG
 from tfcompile.schedules.profile import CostProfile
@@ -232,8 +234,8 @@ def test_native_topological_order_matches_python(name, stages, m, kw, split):
     so the native order must be the Python one exactly, not just some topological order."""
     sched = build(name, stages, m, **kw)
     dag = ScheduleDAG(sched.with_split_backward() if split else sched)
-    native = dag._topological_order()
-    assert np.array_equal(native, dag._topological_order_python())
+    native = schedule_dag(dag.schedule).topo
+    assert np.array_equal(native, dag.topological_order_python())
     assert sorted(native.tolist()) == list(range(dag.num_nodes))
 
 
@@ -249,9 +251,10 @@ def test_pricing_subproblem_matches_highs(name, p, m):
     rng = np.random.default_rng(p * m)
     stages = [{k: float(rng.uniform(0.5, 2.0)) for k in ("F", "I", "W")} for _ in range(p)]
     dag = ScheduleDAG(build(name, p, m))
-    base, wpart, comm = dag.bind(CostProfile(stages, 0.2))
-    net = decompose.TimeCostFlow(dag, base, wpart, comm)
-    model = _Model(dag, base, wpart, comm, 1.0, None, None)
+    problem = FreezeProblem.bind(dag, CostProfile(stages, 0.2), 1.0)
+    base, wpart, comm = problem.base, problem.wpart, problem.comm
+    net = decompose.TimeCostFlow(problem)
+    model = _Model(problem, None)
     rows = np.arange(model.num_edge_rows)
     for trial in range(4):
         rho = rng.choice([0.001, 0.3, 0.9, 1.5], size=len(net.fz_nodes))
@@ -326,10 +329,11 @@ def test_series_reduction_is_exact(monkeypatch):
     """Merging end nodes into their single successor removes nodes on ZBV (W is mostly
     followed by another rank's F or I) and leaves every pricing optimum unchanged."""
     dag = ScheduleDAG(build("ZBV", 8, 16))
-    base, wpart, comm = dag.bind(CostProfile([{"F": 1.0, "I": 1.1, "W": 0.8}] * 8, 0.05))
-    merged = decompose.TimeCostFlow(dag, base, wpart, comm)
+    problem = FreezeProblem.bind(dag, CostProfile([{"F": 1.0, "I": 1.1, "W": 0.8}] * 8, 0.05), 1)
+    base, wpart, comm = problem.base, problem.wpart, problem.comm
+    merged = decompose.TimeCostFlow(problem)
     monkeypatch.setattr(decompose.TimeCostFlow, "_merge_series_ends", lambda self: None)
-    plain = decompose.TimeCostFlow(dag, base, wpart, comm)
+    plain = decompose.TimeCostFlow(problem)
     assert merged.num_nodes < 0.8 * plain.num_nodes
     span = netflow.Makespan(dag)
     rng = np.random.default_rng(3)
@@ -373,8 +377,8 @@ def test_auto_falls_back_to_lp_when_decomposition_fails(monkeypatch):
     def broken(*args, **kwargs):
         raise PlanError("network simplex stopped at the pivot limit (1)")
 
-    monkeypatch.setattr(decompose, "plan_dw", broken)
-    monkeypatch.setattr(lp_mod, "AUTO_DECOMPOSE_MIN", 0)
+    monkeypatch.setattr(decompose, "solve", broken)
+    monkeypatch.setattr(plan_mod, "AUTO_DECOMPOSE_MIN", 0)
     plan = plan_freeze(build("1F1B", 3, 6), CostProfile.uniform(3), 0.5)
     assert plan.stats["method"] == "lp"
     assert "pivot limit" in plan.stats["fallback"]
@@ -388,7 +392,7 @@ def test_unknown_method():
 
 
 def test_planner_replans_with_the_decomposition():
-    from tfcompile.planner.lp import FreezePlanner
+    from tfcompile.planner import FreezePlanner
 
     sched = build("ZBV", 4, 16)
     planner = FreezePlanner(sched, max_freeze_ratio=0.7, method="decomposition")
@@ -401,3 +405,20 @@ def test_planner_replans_with_the_decomposition():
         assert again.stats["method"] == "decomposition"
         assert again.makespan == pytest.approx(fresh.makespan, rel=1e-7)
         assert _frozen_work(again, prof) == pytest.approx(_frozen_work(fresh, prof), rel=1e-6)
+
+
+def test_the_schedule_dag_does_not_import_the_planner():
+    """The schedule IR sits below the planner: its DAG (and simulator) load without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from tfcompile.schedules import build\n"
+        "from tfcompile.schedules.simulate import simulate\n"
+        "from tfcompile.schedules.profile import CostProfile\n"
+        "simulate(build('1F1B', 2, 4), CostProfile.uniform(2))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('tfcompile.planner')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -12,8 +12,8 @@ import pytest
 import tfcompile
 from tfcompile.errors import PlanError
 from tfcompile.planner import lp as lp_mod
-from tfcompile.planner import netflow
-from tfcompile.planner.lp import plan_freeze
+from tfcompile.planner import netflow, plan_freeze
+from tfcompile.planner import problem as problem_mod
 from tfcompile.schedules import build
 from tfcompile.schedules.actions import Schedule
 from tfcompile.schedules.dag import ScheduleDAG
@@ -209,7 +209,7 @@ def test_plan_accepts_dag():
 
 
 def test_planner_warm_start_matches_cold_plans():
-    from tfcompile.planner.lp import FreezePlanner
+    from tfcompile.planner import FreezePlanner
 
     sched = build("1F1B", 4, 16)
     planner = FreezePlanner(sched, max_freeze_ratio=0.7, method="lp")
@@ -245,7 +245,7 @@ def test_weighted_fast_path_matches_exact_two_solves(seed, monkeypatch, method):
     cap = float(rng.uniform(0.3, 0.9))
     fast = plan_freeze(sched, prof, max_freeze_ratio=cap, method=method)
     assert fast.stats["fast_path"]
-    monkeypatch.setattr(lp_mod, "FREEZE_WEIGHT", 1e3)
+    monkeypatch.setattr(problem_mod, "FREEZE_WEIGHT", 1e3)
     exact = plan_freeze(sched, prof, max_freeze_ratio=cap, method=method)
     assert not exact.stats["fast_path"]
     assert fast.makespan == pytest.approx(exact.makespan, rel=1e-7)

@@ -12,8 +12,11 @@ from torch import nn
 
 import tfcompile
 from tfcompile.errors import GroupError, RuntimeConfigError
+from tfcompile.freeze.controller import Freezer
 from tfcompile.models.llama import Llama, LlamaConfig
+from tfcompile.planner import FreezePlanner
 from tfcompile.schedules.generators import _ALIASES
+from tfcompile.schedules.profile import CostProfile
 from tfcompile.split import balanced_cuts, split_model
 
 SCHEDULES = [("GPipe", 2), ("1F1B", 2), ("ZBH1", 2), ("Interleaved1F1B", 4), ("ZBV", 4)]
@@ -124,15 +127,15 @@ def test_profile_and_trace(tmp_path):
     for step in range(2):
         pipe.step(*batch(step))
     profile = pipe.measured_profile()
-    assert len(profile["stages"]) == 2
-    assert all(row[k] > 0 for row in profile["stages"] for k in ("F", "I", "W"))
+    assert isinstance(profile, CostProfile) and len(profile.stages) == 2
+    assert all(row[k] > 0 for row in profile.stages for k in ("F", "I", "W"))
     trace = pipe.write_trace(tmp_path / "trace.json")
     events = json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
     measured = [e for e in events if e["ph"] == "X" and e["pid"] < 2]
     predicted = [e for e in events if e["ph"] == "X" and e["pid"] >= 2]
     assert len(measured) == 2 * 4 * 3  # F, I and W parts of 4 microbatches on 2 stages
     assert len(predicted) == 2 * 4 * 3  # F, I and W: the B actions as the runtime runs them
-    assert trace["otherData"]["profile"] == profile
+    assert trace["otherData"]["profile"] == profile.to_dict()
 
 
 def test_split_points_and_balanced_split():
@@ -254,32 +257,40 @@ def test_wmin_measured_on_a_few_all_frozen_microbatches():
         for (stage, _), groups in frozen.items():
             assert groups == frozenset(pipe.stage_groups(stage))
     wmax, wmin = pipe.freezer.profiles["wmax"], pipe.freezer.profiles["wmin"]
-    for full, frozen in zip(wmax["stages"], wmin["stages"]):
+    for full, frozen in zip(wmax.stages, wmin.stages):
         assert frozen["W"] < 0.5 * full["W"]  # no weight-gradient region ran in those parts
     assert pipe.freezer.plan is not None
 
 
-def test_timely_freezes_a_prefix_on_the_token_stage(monkeypatch):
+class Stage0Bottleneck:
+    """The real planner, solving on profiles whose stage 0 is made 3x slower."""
+
+    def __init__(self, schedule, max_freeze_ratio):
+        self.planner = FreezePlanner(
+            schedule, max_freeze_ratio=max_freeze_ratio, warm_start=False, prune=True
+        )
+
+    def plan(self, costs):
+        stages = [dict(st) for st in costs.stages]
+        stages[0] = {k: 3 * v for k, v in stages[0].items()}
+        return self.planner.plan(CostProfile(stages, costs.comm, costs.unit))
+
+    def makespan(self, costs, ratios):
+        return self.planner.makespan(costs, ratios)
+
+
+def test_timely_freezes_a_prefix_on_the_token_stage():
     """Stage 0 gets token ids (no input gradient): with prefix_on_truncating_stages, timely
     freezes front to back there, so its backward is truncated. The real planner runs on the
     measured profile with stage 0 made the bottleneck (3x), so that what it freezes does not
     depend on this machine's timing noise."""
-    import tfcompile.freeze.controller as ctl
-
-    real_solve = ctl.solve_plan
-
-    def solve(schedule, profile, max_freeze_ratio):
-        prof = dict(profile)
-        prof["stages"] = [dict(st) for st in profile["stages"]]
-        prof["stages"][0] = {k: 3 * v for k, v in prof["stages"][0].items()}
-        return real_solve(schedule, prof, max_freeze_ratio)
-
-    monkeypatch.setattr(ctl, "solve_plan", solve)
     config = tfcompile.FreezeConfig(
         policy="timely", warmup_steps=1, monitor_steps=1, ramp_steps=1, check_every=1,
         total_steps=8, prefix_on_truncating_stages=True,
     )  # fmt: skip
     pipe = compiled(tiny_llama(), "1F1B", 2, freeze=config)
+    planner = Stage0Bottleneck(pipe.execution_schedule, config.max_freeze_ratio)
+    pipe.freezer = Freezer.for_pipeline(config, pipe, planner=planner)
     assert pipe.truncates_backward(0) and not pipe.truncates_backward(1)
     order = list(pipe.stage_groups(0))
     assert order[0] == "tok_embeddings"

@@ -9,6 +9,7 @@ from typing import Any
 _LAZY = {
     "FreezeConfig": "tfcompile.freeze.config",
     "Freezer": "tfcompile.freeze.controller",
+    "FreezeLayout": "tfcompile.freeze.layout",
     "PlanRecord": "tfcompile.freeze.controller",
 }
 

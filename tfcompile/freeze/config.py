@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tfcompile.errors import FreezeConfigError
-from tfcompile.planner.lp import DEFAULT_MAX_FREEZE_RATIO  # noqa: F401 - re-exported here
+from tfcompile.planner.problem import DEFAULT_MAX_FREEZE_RATIO  # noqa: F401 - re-exported here
 
 #: Steps per phase in the TimelyFreeze paper (warm-up, each monitoring window, ramp).
 PHASE_UNIT = 100

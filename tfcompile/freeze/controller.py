@@ -1,12 +1,11 @@
-"""`Freezer`: the phase controller that `Pipeline.step` drives on every rank.
+"""`Freezer`: the decisions of the freezing controller that `Pipeline.step` drives on every rank.
 
-Planned policies (timely and its hybrids) go through the paper's phases, at steps fixed by the
-config so that every rank switches at the same step without talking to the others:
-
-    warmup -> monitor_wmax -> monitor_wmin -> (plan) -> ramp -> steady (periodic re-plan)
+Planned policies (timely and its hybrids) go through the phases of `tfcompile.freeze.phases`,
+at steps fixed by the config so that every rank switches at the same step without talking to
+the others:
 
 - warmup: nothing frozen (the LR warm-up).
-- monitor_wmax: nothing frozen; at its end ``pipe.measured_profile(monitor_steps)`` gives w_max.
+- monitor_wmax: nothing frozen; at its end the runtime's measured profile gives w_max.
 - monitor_wmin: every group of every local stage frozen in every microbatch; its measurement
   gives w_min. Both are combined into the LP's profile (see `tfcompile.freeze.time_model`) and
   the LP runs on every rank with the same input, so every rank gets the same plan.
@@ -17,6 +16,12 @@ config so that every rank switches at the same step without talking to the other
 Baselines (apf, autofreeze, freezeout) have one phase, ``baseline``, and follow their own
 rules from step 0; ``none`` has phase ``off``.
 
+The measurement is a collective, so the runtime makes it where a reader sees it::
+
+    need = freezer.measurement_due(step)
+    profile = pipe.measured_profile(*need) if need else None
+    frozen = freezer.before_step(step, profile)
+
 Decisions (which groups) change only at decision steps (every ``check_every`` steps) and are
 pure functions of (seed, step, stage, microbatch) and the policy state, so ranks agree and a
 resumed run reproduces an uninterrupted one (:meth:`Freezer.state_dict`).
@@ -25,15 +30,24 @@ resumed run reproduces an uninterrupted one (:meth:`Freezer.state_dict`).
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
 from tfcompile.errors import FreezeConfigError
+from tfcompile.freeze import grads
 from tfcompile.freeze.config import FreezeConfig
+from tfcompile.freeze.layout import FreezeLayout
+from tfcompile.freeze.phases import (
+    BASELINE,
+    MONITOR_WMIN,
+    RAMP,
+    STEADY,
+    Phases,
+    wmin_microbatches,
+)
 from tfcompile.freeze.policies import (
     APF,
     AutoFreeze,
@@ -44,36 +58,40 @@ from tfcompile.freeze.policies import (
     random_order,
     select_for_stage,
 )
-from tfcompile.freeze.time_model import planner_profile, refresh_profile
+from tfcompile.freeze.time_model import adopt, drift, planner_profile, refresh_profile
+from tfcompile.schedules.profile import CostProfile
 
 log = logging.getLogger("tfcompile.freeze")
-
-WARMUP = "warmup"
-MONITOR_WMAX = "monitor_wmax"
-MONITOR_WMIN = "monitor_wmin"
-RAMP = "ramp"
-STEADY = "steady"
-BASELINE = "baseline"
-OFF = "off"
 
 STATE_VERSION = 1
 
 ActionKey = tuple[int, int]
 GroupKey = tuple[int, str]
 Frozen = dict[ActionKey, frozenset[str]]
+#: a collective that returns ``value`` from every rank, in rank order
+Gather = Callable[[Any], list[Any]]
 
 
-class PipelineLike(Protocol):
-    """What the controller needs from the runtime's pipeline (see docs/interfaces.md)."""
+class Measurement(NamedTuple):
+    """The arguments of the runtime's ``measured_profile(window, frozen)`` due at a step."""
 
-    schedule: Any
-    local_stages: list[int]
-    step_index: int
+    window: int
+    frozen: str | None = None
 
-    def stage_groups(self, stage: int) -> Mapping[str, list[str]]: ...
-    def group_costs(self, stage: int) -> Mapping[str, float]: ...
-    def named_parameters(self) -> Any: ...
-    def measured_profile(self, window: int) -> dict[str, Any]: ...
+
+class PlanLike(Protocol):
+    """What the controller reads of a plan (a `FreezePlan` or a restored `PlanRecord`)."""
+
+    ratios: Mapping[ActionKey, float]
+    makespan: float
+    baseline_makespan: float
+
+
+class Planner(Protocol):
+    """The planner the controller is given (default: `tfcompile.planner.FreezePlanner`)."""
+
+    def plan(self, costs: CostProfile) -> PlanLike: ...
+    def makespan(self, costs: CostProfile, ratios: Mapping[ActionKey, float]) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -87,26 +105,6 @@ class PlanRecord:
     solve_seconds: float = 0.0
 
 
-def solve_plan(schedule: Any, profile: Mapping[str, Any], max_freeze_ratio: float) -> Any:
-    """Run the planner's LP on a profile dict (indirection kept small for tests)."""
-    from tfcompile.planner.lp import plan_freeze
-    from tfcompile.schedules.profile import CostProfile
-
-    costs = CostProfile.from_dict(dict(profile))
-    return plan_freeze(schedule, costs, max_freeze_ratio=max_freeze_ratio)
-
-
-def predict_makespan(
-    schedule: Any, profile: Mapping[str, Any], ratios: Mapping[ActionKey, float]
-) -> float:
-    """Step time the planner's simulator predicts for ``ratios`` under ``profile``."""
-    from tfcompile.schedules.profile import CostProfile
-    from tfcompile.schedules.simulate import simulate
-
-    costs = CostProfile.from_dict(dict(profile))
-    return float(simulate(schedule, costs, ratios=dict(ratios)).makespan)
-
-
 @dataclass
 class _Counters:
     """Per-step bookkeeping that is not part of the decision state."""
@@ -117,30 +115,46 @@ class _Counters:
 
 
 class Freezer:
-    """Decides, before each step, which parameter groups each local action freezes."""
+    """Decides, before each step, which parameter groups each local action freezes.
 
-    def __init__(self, config: FreezeConfig, pipe: PipelineLike) -> None:
+    Built from a :class:`FreezeLayout` (``Freezer.for_pipeline(config, pipe)`` reads it off a
+    compiled pipeline). ``parameters`` are this rank's parameters by model name (for the
+    gradient semantics and the metric baselines), ``gather`` the collective that merges the
+    baselines' per-rank metrics (None: each rank decides over its own stages, with a
+    warning), ``planner`` the planner (default: a `FreezePlanner` of the layout's schedule,
+    built on first use and kept for every re-plan).
+    """
+
+    def __init__(
+        self,
+        config: FreezeConfig,
+        layout: FreezeLayout,
+        *,
+        parameters: Mapping[str, torch.nn.Parameter] | None = None,
+        gather: Gather | None = None,
+        planner: Planner | None = None,
+    ) -> None:
         if not isinstance(config, FreezeConfig):
             raise FreezeConfigError(
                 f"freeze= expects a tfcompile.FreezeConfig, got {type(config).__name__}"
             )
         self.config = config
-        self.pipe = pipe
-        # plan and predict on the schedule as the runtime executes it (B as I then W) when
-        # the pipeline offers it, so that predictions match what runs
-        self.schedule = getattr(pipe, "execution_schedule", None) or pipe.schedule
-        self.num_microbatches = int(self.schedule.num_microbatches)
-        self.num_stages = int(self.schedule.num_stages)
-        self.local_stages = sorted(int(s) for s in pipe.local_stages)
-        self.groups: dict[int, list[str]] = {}
-        self.members: dict[int, dict[str, list[str]]] = {}
-        self.costs: dict[int, dict[str, float]] = {}
-        for stage in self.local_stages:
-            members = {g: list(names) for g, names in pipe.stage_groups(stage).items()}
-            raw = pipe.group_costs(stage)
-            self.groups[stage] = list(members)
-            self.members[stage] = members
-            self.costs[stage] = normalised_costs({g: float(raw.get(g, 0.0)) for g in members})
+        self.layout = layout
+        self.schedule = layout.schedule
+        self.num_microbatches = layout.num_microbatches
+        self.num_stages = layout.num_stages
+        self.local_stages = list(layout.local_stages)
+        self.groups: dict[int, list[str]] = {s: layout.groups(s) for s in self.local_stages}
+        self.members: dict[int, dict[str, list[str]]] = {
+            s: {g: list(names) for g, names in layout.members[s].items()} for s in self.local_stages
+        }
+        self.costs: dict[int, dict[str, float]] = {
+            s: normalised_costs(dict(layout.w_flops[s])) for s in self.local_stages
+        }
+        self._params = dict(parameters or {})
+        self._gather = gather
+        self._planner = planner
+        self._phases = Phases.of(config)
         policy = config.policy
         self._apf = (
             APF(config.apf_ema, config.apf_threshold, config.check_every, freezes=policy == "apf")
@@ -156,28 +170,57 @@ class Freezer:
         self._global_order: list[GroupKey] | None = None
         self._phase: str | None = None
         self._step = -1
-        self.profiles: dict[str, dict[str, Any] | None] = {
+        self.profiles: dict[str, CostProfile | None] = {
             "wmax": None,
             "wmin": None,
             "planned": None,
         }
-        self._plan: Any = None
+        self._plan: PlanLike | None = None
         self._reference_makespan: float | None = None
         self.replans = 0
         self._frozen: Frozen = {}
-        self._params: dict[str, torch.nn.Parameter] | None = None
         self._counters = _Counters()
+
+    @classmethod
+    def for_pipeline(
+        cls, config: FreezeConfig, pipe: Any, *, planner: Planner | None = None
+    ) -> Freezer:
+        """The controller of a compiled `Pipeline`: its layout, parameters and gather."""
+        return cls(
+            config,
+            FreezeLayout.from_pipeline(pipe),
+            parameters=dict(pipe.named_parameters()),
+            gather=pipe.all_gather_object,
+            planner=planner,
+        )
 
     # ----------------------------------------------------------------- public state
     @property
     def phase(self) -> str:
-        """Current phase name (see the module docstring)."""
-        return self._phase if self._phase is not None else self._phase_at(self._next_step())
+        """Current phase name (see `tfcompile.freeze.phases`)."""
+        return self._phase if self._phase is not None else self._phases.at(self._next_step())
 
     @property
     def plan(self) -> Any:
         """The FreezePlan in force (a `PlanRecord` after a restore), or None before planning."""
         return self._plan
+
+    @property
+    def planner(self) -> Planner:
+        """The planner; the default is built on first use (baselines never import it)."""
+        if self._planner is None:
+            from tfcompile.planner import FreezePlanner
+
+            # no warm start and the pruned LP: every plan equals plan_freeze's for its
+            # profile, whatever was solved before, so a resumed run re-plans as the
+            # uninterrupted one did
+            self._planner = FreezePlanner(
+                self.schedule,
+                max_freeze_ratio=self.config.max_freeze_ratio,
+                warm_start=False,
+                prune=True,
+            )
+        return self._planner
 
     @property
     def frozen(self) -> Frozen:
@@ -223,14 +266,40 @@ class Freezer:
         return freezeout.lr_factor((stage, group), self._next_step() if step is None else step)
 
     # ----------------------------------------------------------------- runtime hooks
-    def before_step(self) -> Frozen:
-        """Advance phases and policy state to ``pipe.step_index``; return the frozen groups."""
-        step = int(self.pipe.step_index)
+    def measurement_due(self, step: int) -> Measurement | None:
+        """The measured profile :meth:`before_step` needs at ``step``, or None.
+
+        The same on every rank (a function of the config and the restored state), so every
+        rank makes the collective measurement at the same step: w_max at the end of its
+        window, w_min at the end of its window, and a re-measurement every ``replan_every``
+        steady steps.
+        """
+        cfg = self.config
+        if not cfg.uses_plan:
+            return None
+        phases = self._phases
+        if step >= phases.wmin_start and self.profiles["wmax"] is None:
+            return Measurement(cfg.monitor_steps)
+        if step >= phases.ramp_start and self.profiles["wmin"] is None:
+            if 0 < cfg.wmin_microbatches < self.num_microbatches:  # only some were frozen
+                return Measurement(cfg.monitor_steps, "all")
+            return Measurement(cfg.monitor_steps)
+        since = step - phases.steady_start
+        if cfg.replan_every > 0 and since > 0 and since % cfg.replan_every == 0:
+            return Measurement(min(cfg.replan_every, cfg.monitor_steps))
+        return None
+
+    def before_step(self, step: int, profile: CostProfile | None = None) -> Frozen:
+        """Advance phases and policy state to ``step``; return the frozen groups.
+
+        ``profile`` answers :meth:`measurement_due` for this step (it must be given when one
+        is due; it is ignored otherwise).
+        """
         self._step = step
         if self.config.uses_plan:
-            self._advance_planned(step)
+            self._advance_planned(step, profile)
         self._update_metrics(step)
-        phase = self._phase_at(step)
+        phase = self._phases.at(step)
         if phase != self._phase:
             log.info("freeze: step %d: phase %s -> %s", step, self._phase or "start", phase)
             self._phase = phase
@@ -253,60 +322,42 @@ class Freezer:
             self._frozen = {k: frozenset(v) for k, v in frozen.items()}
         self._counters.step_time = float(step_time)
         self._counters.loss = None if loss is None else float(loss)
-        contributing = self._contributing_microbatches()
+        M = self.num_microbatches
+        contributing = grads.contributing_microbatches(self.members, self._frozen, M)
         if self.config.grad == "rescale":
-            self._rescale(contributing)
+            grads.rescale(self._params, self.members, contributing, M)
         if self._autofreeze is not None:
-            self._autofreeze.observe(self._grad_norms(contributing))
+            dropped = self.config.grad == "drop"
+            self._autofreeze.observe(
+                grads.grad_norms(self._params, self.members, contributing, M, dropped)
+            )
 
-    # ----------------------------------------------------------------- phases
-    def _boundaries(self) -> tuple[int, int, int, int]:
-        cfg = self.config
-        wmax_start = cfg.warmup_steps
-        wmin_start = wmax_start + cfg.monitor_steps
-        ramp_start = wmin_start + cfg.monitor_steps
-        return wmax_start, wmin_start, ramp_start, ramp_start + cfg.ramp_steps
-
-    def _phase_at(self, step: int) -> str:
-        if self.config.policy == "none":
-            return OFF
-        if not self.config.uses_plan:
-            return BASELINE
-        wmax_start, wmin_start, ramp_start, steady_start = self._boundaries()
-        if step < wmax_start:
-            return WARMUP
-        if step < wmin_start:
-            return MONITOR_WMAX
-        if step < ramp_start:
-            return MONITOR_WMIN
-        if step < steady_start:
-            return RAMP
-        return STEADY
-
+    # ----------------------------------------------------------------- planning
     def _next_step(self) -> int:
         return max(self._step, 0)
 
-    def _advance_planned(self, step: int) -> None:
-        cfg = self.config
-        _, wmin_start, ramp_start, steady_start = self._boundaries()
-        if step >= wmin_start and self.profiles["wmax"] is None:
-            self.profiles["wmax"] = dict(self.pipe.measured_profile(cfg.monitor_steps))
-        if step >= ramp_start and self.profiles["wmin"] is None:
-            if 0 < cfg.wmin_microbatches < self.num_microbatches:  # only some were frozen
-                wmin = self.pipe.measured_profile(cfg.monitor_steps, frozen="all")
-            else:
-                wmin = self.pipe.measured_profile(cfg.monitor_steps)
-            self.profiles["wmin"] = dict(wmin)
+    def _advance_planned(self, step: int, profile: CostProfile | None) -> None:
+        due = self.measurement_due(step)
+        if due is None:
+            return
+        if profile is None:
+            raise FreezeConfigError(
+                f"freeze: step {step} needs a measured profile {due} (see "
+                "Freezer.measurement_due); pass it to before_step"
+            )
+        if self.profiles["wmax"] is None:
+            self.profiles["wmax"] = profile
+        elif self.profiles["wmin"] is None:
+            self.profiles["wmin"] = profile
             self._make_plan(step)
-        since = step - steady_start
-        if cfg.replan_every > 0 and since > 0 and since % cfg.replan_every == 0:
-            self._replan(step)
+        else:
+            self._replan(step, profile)
 
     def _make_plan(self, step: int) -> None:
         assert self.profiles["wmax"] is not None and self.profiles["wmin"] is not None
         profile = planner_profile(self.profiles["wmax"], self.profiles["wmin"])
         self.profiles["planned"] = profile
-        plan = solve_plan(self.schedule, profile, self.config.max_freeze_ratio)
+        plan = self.planner.plan(profile)
         self._plan = plan
         self._reference_makespan = float(plan.makespan)
         before, after = float(plan.baseline_makespan), float(plan.makespan)
@@ -320,34 +371,32 @@ class Freezer:
             _format_ratios(self._mean_plan_ratios()),
         )
 
-    def _replan(self, step: int) -> None:
-        window = min(self.config.replan_every, self.config.monitor_steps)
-        measured = dict(self.pipe.measured_profile(window))
-        assert self.profiles["planned"] is not None and self._plan is not None
-        refreshed = refresh_profile(self.profiles["planned"], measured, self._mean_plan_ratios())
-        ratios = dict(self._plan.ratios)
-        current = predict_makespan(self.schedule, refreshed, ratios)
-        reference = self._reference_makespan or current
+    def _replan(self, step: int, measured: CostProfile) -> None:
+        planned, plan = self.profiles["planned"], self._plan
+        assert planned is not None and plan is not None
+        refreshed = refresh_profile(planned, measured, self._mean_plan_ratios())
+        moved = drift(self.planner.makespan(refreshed, dict(plan.ratios)), self._reference_makespan)
         self.profiles["planned"] = refreshed
-        self._reference_makespan = current
-        drift = abs(current - reference) / reference if reference > 0 else 0.0
-        if drift <= self.config.replan_drift:
-            log.debug("freeze: step %d: profile drift %.1f%%, plan kept", step, 100 * drift)
+        self._reference_makespan = moved.current
+        if not moved.replan(self.config.replan_drift):
+            log.debug(
+                "freeze: step %d: profile drift %.1f%%, plan kept", step, 100 * moved.relative
+            )
             return
-        plan = solve_plan(self.schedule, refreshed, self.config.max_freeze_ratio)
-        adopted = float(plan.makespan) < current * (1.0 - self.config.replan_min_gain)
+        new = self.planner.plan(refreshed)
+        adopted = adopt(float(new.makespan), moved.current, self.config.replan_min_gain)
         log.info(
             "freeze: step %d: profile drifted %.1f%%; re-planned step time %.6g vs %.6g "
             "for the plan in force: %s",
             step,
-            100 * drift,
-            float(plan.makespan),
-            current,
+            100 * moved.relative,
+            float(new.makespan),
+            moved.current,
             "adopted" if adopted else "kept the plan in force",
         )
         if adopted:
-            self._plan = plan
-            self._reference_makespan = float(plan.makespan)
+            self._plan = new
+            self._reference_makespan = float(new.makespan)
             self.replans += 1
 
     def _mean_plan_ratios(self) -> list[float]:
@@ -358,43 +407,30 @@ class Freezer:
             for s in range(self.num_stages)
         ]
 
-    def _ramp_fraction(self, step: int) -> float:
-        _, _, ramp_start, steady_start = self._boundaries()
-        if step >= steady_start:
-            return 1.0
-        decisions = math.ceil(self.config.ramp_steps / self.config.check_every)
-        done = (step - ramp_start) // self.config.check_every + 1
-        return min(1.0, done / decisions)
-
     def _target(self, stage: int, microbatch: int, step: int) -> float:
-        if self._plan is None or self._phase_at(step) not in (RAMP, STEADY):
+        if self._plan is None or self._phases.at(step) not in (RAMP, STEADY):
             return 0.0
         ratio = float(self._plan.ratios.get((stage, microbatch), 0.0))
-        return ratio * self._ramp_fraction(step)
+        return ratio * self._phases.ramp_fraction(step)
 
     # ----------------------------------------------------------------- decisions
     def _decide(self, step: int) -> Frozen:
-        phase = self._phase_at(step)
+        phase = self._phases.at(step)
         if phase == MONITOR_WMIN:
+            microbatches = wmin_microbatches(
+                step, self.config.wmin_microbatches, self.num_microbatches
+            )
             return {
                 (s, m): frozenset(self.groups[s])
                 for s in self.local_stages
                 if self.groups[s]
-                for m in self._wmin_microbatches(step)
+                for m in microbatches
             }
         if phase in (RAMP, STEADY):
             return self._decide_planned(step)
         if phase == BASELINE:
             return self._decide_baseline(step)
         return {}
-
-    def _wmin_microbatches(self, step: int) -> list[int]:
-        """Microbatches frozen whole during the w_min window: all (the paper), or k rotating."""
-        k = self.config.wmin_microbatches
-        M = self.num_microbatches
-        if k <= 0 or k >= M:
-            return list(range(M))
-        return sorted({(step * k + j) % M for j in range(k)})
 
     def _decide_planned(self, step: int) -> Frozen:
         decision = step // self.config.check_every
@@ -425,8 +461,7 @@ class Freezer:
             return False
         if self._apf is not None or self._autofreeze is not None:
             return False
-        truncates = getattr(self.pipe, "truncates_backward", None)
-        return bool(truncates is not None and truncates(stage))
+        return stage in self.layout.truncating_stages
 
     def _candidate_order(self, stage: int, microbatch: int, decision: int) -> list[str]:
         groups = self.groups[stage]
@@ -454,10 +489,10 @@ class Freezer:
                     frozen[(stage, m)] = chosen
         return frozen
 
-    # ----------------------------------------------------------------- metrics
+    # ----------------------------------------------------------------- baselines' metrics
     def _update_metrics(self, step: int) -> None:
         if self._apf is not None and step % self.config.check_every == 0:
-            self._apf.check(step, self._group_tensors())
+            self._apf.check(step, grads.group_tensors(self._params, self.members))
         autofreeze = self._autofreeze
         if autofreeze is not None and step > 0 and step % self.config.autofreeze_every == 0:
             if autofreeze.freezes:  # the baseline's front-to-back rule needs every stage
@@ -466,63 +501,6 @@ class Freezer:
             else:  # the hybrid only orders this rank's own candidates
                 autofreeze.end_interval()
 
-    def _group_tensors(self) -> dict[GroupKey, list[torch.Tensor]]:
-        params = self._parameters()
-        return {
-            (stage, group): [params[n] for n in names if n in params]
-            for stage in self.local_stages
-            for group, names in self.members[stage].items()
-        }
-
-    def _parameters(self) -> dict[str, torch.nn.Parameter]:
-        if self._params is None:
-            self._params = dict(self.pipe.named_parameters())
-        return self._params
-
-    def _contributing_microbatches(self) -> dict[GroupKey, int]:
-        counts: dict[GroupKey, int] = {}
-        for stage in self.local_stages:
-            for group in self.groups[stage]:
-                frozen_in = sum(
-                    group in self._frozen.get((stage, m), frozenset())
-                    for m in range(self.num_microbatches)
-                )
-                counts[(stage, group)] = self.num_microbatches - frozen_in
-        return counts
-
-    def _rescale(self, contributing: Mapping[GroupKey, int]) -> None:
-        """Mean over contributing microbatches: scale by M / count where 0 < count < M."""
-        params = self._parameters()
-        for (stage, group), count in contributing.items():
-            if count <= 0 or count >= self.num_microbatches:
-                continue
-            factor = self.num_microbatches / count
-            for name in self.members[stage][group]:
-                param = params.get(name)
-                if param is not None and param.grad is not None:
-                    param.grad.mul_(factor)
-
-    def _grad_norms(self, contributing: Mapping[GroupKey, int]) -> dict[GroupKey, float]:
-        """Per-group gradient norm, normalised to a full-batch mean under ``drop``."""
-        params = self._parameters()
-        keys: list[GroupKey] = []
-        norms: list[torch.Tensor] = []
-        for (stage, group), count in contributing.items():
-            grads = [
-                params[n].grad
-                for n in self.members[stage][group]
-                if n in params and params[n].grad is not None
-            ]
-            if count <= 0 or not grads:
-                continue
-            scale = self.num_microbatches / count if self.config.grad == "drop" else 1.0
-            squared = sum(g.detach().float().pow(2).sum().cpu() for g in grads)
-            keys.append((stage, group))
-            norms.append(torch.as_tensor(squared).sqrt() * scale)
-        values = torch.stack(norms).tolist() if norms else []
-        return dict(zip(keys, values))
-
-    # ----------------------------------------------------------------- global layer order
     def _all_local(self) -> bool:
         return len(self.local_stages) == self.num_stages
 
@@ -533,39 +511,30 @@ class Freezer:
         return self._global_order
 
     def _build_global_order(self) -> list[GroupKey]:
+        local = self.layout.local_order()
         if self._all_local():
-            return [(s, g) for s in self.local_stages for g in self.groups[s]]
-        try:
-            return [(s, g) for s in range(self.num_stages) for g in self.pipe.stage_groups(s)]
-        except Exception:  # stage_groups may only know local stages
-            pass
-        gather = getattr(self.pipe, "all_gather_object", None)
-        if gather is not None:
-            local = [(s, g) for s in self.local_stages for g in self.groups[s]]
-            position: dict[GroupKey, int] = {}
-            for part in gather(local):
-                for i, (s, g) in enumerate(part):
-                    position[(int(s), str(g))] = i
-            return sorted(position, key=lambda k: (k[0], position[k]))
-        self._warn_once(
-            "order",
-            "freeze: the pipeline offers neither stage_groups for remote stages nor "
-            "all_gather_object; %s decides per rank over its own stages only",
-        )
-        return [(s, g) for s in self.local_stages for g in self.groups[s]]
+            return local
+        if self._gather is None:
+            self._warn_once(
+                "order",
+                "freeze: no gather for the other ranks' groups; %s decides per rank over its "
+                "own stages only",
+            )
+            return local
+        position: dict[GroupKey, int] = {}
+        for part in self._gather(local):
+            for i, (s, g) in enumerate(part):
+                position[(int(s), str(g))] = i
+        return sorted(position, key=lambda k: (k[0], position[k]))
 
     def _gather_dict(self, local: dict[GroupKey, float]) -> dict[GroupKey, float]:
         if self._all_local():
             return local
-        gather = getattr(self.pipe, "all_gather_object", None)
-        if gather is None:
-            self._warn_once(
-                "gather",
-                "freeze: no pipe.all_gather_object; %s uses only this rank's gradient norms",
-            )
+        if self._gather is None:
+            self._warn_once("gather", "freeze: no gather; %s uses only this rank's gradient norms")
             return local
         merged: dict[GroupKey, float] = {}
-        for part in gather(list(local.items())):
+        for part in self._gather(list(local.items())):
             for key, value in part:
                 merged[tuple(key)] = float(value)  # type: ignore[index]
         return merged
@@ -591,8 +560,8 @@ class Freezer:
     def state_dict(self) -> dict[str, Any]:
         """Controller state for a checkpoint: phase, step, profiles, plan, policy state.
 
-        There is no RNG state to save: every random choice is seeded by
-        (config.seed, decision index, stage, microbatch).
+        Profiles are stored in CostProfile's dict format. There is no RNG state to save:
+        every random choice is seeded by (config.seed, decision index, stage, microbatch).
         """
         plan = None
         if self._plan is not None:
@@ -608,7 +577,7 @@ class Freezer:
             "config": self.config.to_dict(),
             "step": self._step,
             "phase": self._phase,
-            "profiles": {k: _copy_profile(v) for k, v in self.profiles.items()},
+            "profiles": {k: None if v is None else v.to_dict() for k, v in self.profiles.items()},
             "plan": plan,
             "reference_makespan": self._reference_makespan,
             "replans": self.replans,
@@ -635,7 +604,9 @@ class Freezer:
                 )
         self._step = int(state["step"])
         self._phase = state["phase"]
-        self.profiles = {k: _copy_profile(v) for k, v in state["profiles"].items()}
+        self.profiles = {
+            k: None if v is None else CostProfile.from_dict(v) for k, v in state["profiles"].items()
+        }
         plan = state["plan"]
         self._plan = None
         if plan is not None:
@@ -656,14 +627,6 @@ class Freezer:
             self._apf.load_state_dict(state["apf"])
         if self._autofreeze is not None and state["autofreeze"] is not None:
             self._autofreeze.load_state_dict(state["autofreeze"])
-
-
-def _copy_profile(profile: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if profile is None:
-        return None
-    copied = dict(profile)
-    copied["stages"] = [dict(s) for s in profile["stages"]]
-    return copied
 
 
 def _percent(after: float, before: float) -> float:

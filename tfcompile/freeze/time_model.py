@@ -1,19 +1,19 @@
-"""Measured profiles -> the LP's cost profile (the paper's linear time model).
+"""Measured profiles -> the LP's cost profile (the paper's linear time model), and when to
+re-plan.
 
 A freezable action takes d(r) = w_max - r (w_max - w_min): w_max is the backward measured with
 nothing frozen, w_min the backward measured with everything frozen (input gradients still run,
 except on a first stage whose truncated backward can take ~0). The planner's profile states
 this as I = w_min and W = w_max - w_min, so that its B(r) = I + (1 - r) W is d(r).
-Profiles are plain dicts in the shape of ``CostProfile.from_dict``:
-``{"stages": [{"F": .., "I": .., "W": ..}, ...], "comm": .., ...}``.
+Every profile here is a :class:`~tfcompile.schedules.profile.CostProfile`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
 
-Profile = dict[str, Any]
+from tfcompile.schedules.profile import CostProfile
 
 
 def backward_time(stage: Mapping[str, float]) -> float:
@@ -21,7 +21,7 @@ def backward_time(stage: Mapping[str, float]) -> float:
     return float(stage["I"]) + float(stage["W"])
 
 
-def planner_profile(wmax: Mapping[str, Any], wmin: Mapping[str, Any]) -> Profile:
+def planner_profile(wmax: CostProfile, wmin: CostProfile) -> CostProfile:
     """Combine the nothing-frozen and everything-frozen windows into the LP's profile.
 
     F comes from the nothing-frozen window (freezing does not change it), I = w_min,
@@ -29,16 +29,16 @@ def planner_profile(wmax: Mapping[str, Any], wmin: Mapping[str, Any]) -> Profile
     communication from the nothing-frozen window.
     """
     stages = []
-    for full, frozen in zip(wmax["stages"], wmin["stages"], strict=True):
+    for full, frozen in zip(wmax.stages, wmin.stages, strict=True):
         w_max = backward_time(full)
         w_min = backward_time(frozen)
         stages.append({"F": float(full["F"]), "I": w_min, "W": max(w_max - w_min, 0.0)})
-    return _with_extras(wmax, stages)
+    return CostProfile(stages, wmax.comm, wmax.unit)
 
 
 def refresh_profile(
-    planned: Mapping[str, Any], measured: Mapping[str, Any], mean_ratio: Sequence[float]
-) -> Profile:
+    planned: CostProfile, measured: CostProfile, mean_ratio: Sequence[float]
+) -> CostProfile:
     """A steady-state measurement folded into the planned profile.
 
     In steady state stage s freezes an average ratio r_s, so its backward should take
@@ -47,17 +47,37 @@ def refresh_profile(
     F and communication are taken as measured.
     """
     stages = []
-    for old, new, ratio in zip(planned["stages"], measured["stages"], mean_ratio, strict=True):
+    for old, new, ratio in zip(planned.stages, measured.stages, mean_ratio, strict=True):
         predicted = float(old["I"]) + (1.0 - ratio) * float(old["W"])
         scale = backward_time(new) / predicted if predicted > 0.0 else 1.0
         stages.append(
             {"F": float(new["F"]), "I": float(old["I"]) * scale, "W": float(old["W"]) * scale}
         )
-    return _with_extras(measured, stages)
+    return CostProfile(stages, measured.comm, measured.unit)
 
 
-def _with_extras(source: Mapping[str, Any], stages: list[dict[str, float]]) -> Profile:
-    profile: Profile = {"stages": stages, "comm": float(source.get("comm", 0.0))}
-    if "unit" in source:
-        profile["unit"] = source["unit"]
-    return profile
+@dataclass(frozen=True)
+class Drift:
+    """How far the plan in force moved under a refreshed profile."""
+
+    current: float  #: predicted step time of the plan in force under the refreshed profile
+    reference: float  #: what it was predicted at when last checked
+    relative: float
+
+    def replan(self, tolerance: float) -> bool:
+        """Solve again only when the prediction moved by more than ``tolerance``: an LP solve
+        on every re-measurement would chase timing noise."""
+        return not self.relative <= tolerance  # NaN (a broken measurement) re-plans
+
+
+def drift(current: float, reference: float | None) -> Drift:
+    """The relative change of the plan's predicted step time (0 without a reference)."""
+    ref = current if reference is None or reference == 0 else reference
+    relative = abs(current - ref) / ref if ref > 0 else 0.0
+    return Drift(current, ref, relative)
+
+
+def adopt(new_makespan: float, current: float, min_gain: float) -> bool:
+    """A new plan replaces the one in force only if predicted ``min_gain`` faster: switching
+    groups costs convergence, a marginal gain does not pay for it."""
+    return new_makespan < current * (1.0 - min_gain)

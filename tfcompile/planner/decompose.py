@@ -16,7 +16,7 @@ no column has negative reduced cost; then the master is optimal for the full LP.
 Primal recovery is free: ``T(r)`` is convex in ``r`` (a maximum of affine path lengths), so
 the combined ratios ``sum_k theta_k r_k`` meet the caps and simulate to a makespan no longer
 than the master's ``sum_k theta_k T_k``, which is the optimum. The plan is still re-checked
-by simulation in :func:`tfcompile.planner.lp.plan_freeze`.
+by simulation in :func:`tfcompile.planner.plan.plan_freeze`.
 
 Why it is fast: on the pipelines measured only one or two stage caps bind (the heaviest
 stages), so the loop ends after 4-8 subproblems, and each subproblem is a network simplex
@@ -26,14 +26,13 @@ on a tree rather than a general simplex on a factorised basis.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from tfcompile.errors import PlanError
 from tfcompile.planner import netflow
-from tfcompile.schedules.dag import ScheduleDAG
+from tfcompile.planner.problem import FreezeProblem, Solution
 
 #: stop when the best column's reduced cost is above -DW_TOL * |master objective|
 DW_TOL = 1e-10
@@ -41,7 +40,7 @@ MAX_ITERATIONS = 500
 
 
 class TimeCostFlow:
-    """The pricing subproblem's network for one ``(dag, costs)``.
+    """The pricing subproblem's network for one problem (its caps and budget aside).
 
     Nodes, numbered topologically: the step's start (0); a start node for every *anchor*
     action (one with a cross-rank predecessor, or none at all); an end node for every
@@ -54,12 +53,13 @@ class TimeCostFlow:
     are then merged into its head (:meth:`_merge_series_ends`).
     """
 
-    def __init__(self, dag: ScheduleDAG, base: np.ndarray, wpart: np.ndarray, comm: float):
+    def __init__(self, problem: FreezeProblem) -> None:
+        dag, base, wpart, comm = problem.dag, problem.base, problem.wpart, problem.comm
         n = dag.num_nodes
-        fz = dag.freezable & (wpart > 0)
+        fz = problem.freezable
         pp, dp = dag.prog_pred, dag.data_pred
         anchor = (pp < 0) | (dp >= 0)
-        self.fz_nodes = np.flatnonzero(fz)
+        self.fz_nodes = problem.fz_nodes
         self.base_fz = base[self.fz_nodes]
         self.w_fz = wpart[self.fz_nodes]
         # node ids in topological order: an anchor's start node, then a freezable's end node
@@ -182,15 +182,6 @@ class TimeCostFlow:
         return r
 
 
-@dataclass
-class DWResult:
-    ratios: np.ndarray  # per freezable node (TimeCostFlow.fz_nodes order)
-    makespan: float  # master objective's makespan part (sum theta_k T_k)
-    min_makespan: float  # minimal makespan (lexicographic first objective)
-    fast_path: bool
-    stats: dict[str, Any] = field(default_factory=dict)
-
-
 class _Master:
     """The restricted master LP over the columns found so far."""
 
@@ -287,29 +278,23 @@ class _Master:
         return np.clip(r, 0.0, 1.0), float((theta * np.asarray(self.T)).sum())
 
 
-def plan_dw(
-    dag: ScheduleDAG,
-    base: np.ndarray,
-    wpart: np.ndarray,
-    comm: float,
-    cap: float,
-    budget: float | None,
-    freeze_weight: float,
-    tolerance: float,
-) -> DWResult:
-    """Lexicographic freeze plan (see :func:`tfcompile.planner.lp.plan_freeze`) by
+def solve(problem: FreezeProblem) -> Solution:
+    """The lexicographic optimum of ``problem`` (see :mod:`tfcompile.planner.plan`) by
     decomposition. Raises PlanError when the native solver is missing or fails."""
     t0 = time.perf_counter()
-    net = TimeCostFlow(dag, base, wpart, comm)
+    dag, base, wpart, comm = problem.dag, problem.base, problem.wpart, problem.comm
+    cap, budget = problem.cap, problem.budget
+    freeze_weight, tolerance = problem.freeze_weight, problem.tolerance
+    net = TimeCostFlow(problem)
     fzn, w = net.fz_nodes, net.w_fz
     stage_fz = dag.stage[fzn]
     num_stages = dag.schedule.num_stages
-    counts = np.bincount(dag.stage[dag.freezable], minlength=num_stages)
+    counts = problem.stage_counts()
     stages = np.unique(stage_fz)
     cap_rows = stages if cap < 1.0 else np.zeros(0, np.int64)
     budget_up = None
     if budget is not None and budget < 1.0:
-        budget_up = budget * float(np.sum(wpart[dag.freezable]))
+        budget_up = problem.frozen_work_bound()
     master = _Master(
         num_stages, stage_fz, w, cap_rows, cap * counts[cap_rows].astype(float), budget_up
     )
@@ -388,17 +373,27 @@ def plan_dw(
         t_min = run(1.0, 0.0, "makespan")
         fast = False
     if fast:
-        r_out, t_out = r_w, t_w
+        r_out = r_w
     else:
-        master.add_makespan_row(t_min * (1 + tolerance) + 1e-12)
+        master.add_makespan_row(problem.bound(t_min))
         run(0.0, 1.0, "freezing")
-        r_out, t_out = master.combination()
+        r_out, _ = master.combination()
+    seconds = time.perf_counter() - t0
     stats.update(
         columns=len(master.T),
         master_rows=master.h.getNumRow(),
         pivots=net.pivots,
         starts=dict(net.network.starts),
         subproblem_seconds=t_sub,
-        seconds=time.perf_counter() - t0,
+        seconds=seconds,
+        fast_path=fast,
     )
-    return DWResult(r_out, t_out, t_min, fast, stats)
+    return Solution(
+        ratios=r_out,
+        min_makespan=t_min,
+        status="Optimal",
+        num_rows=int(stats["master_rows"]),
+        num_cols=int(stats["columns"]),
+        solve_seconds=seconds,
+        stats=stats,
+    )

@@ -1,206 +1,34 @@
-"""Freeze planning LP (HiGHS through highspy).
+"""The freeze problem as one HiGHS LP (through highspy): ``solve(problem) -> Solution``.
 
-Given a schedule and a cost profile, choose a freeze ratio ``r[s, m]`` in [0, 1] for every
-freezable action (B on full-backward schedules, W on split ones) so that the step's makespan
-is minimal, then - with the makespan held within a small tolerance - so that the
-cost-weighted freezing ``sum W[s, m] r[s, m]`` is minimal. Constraints: each stage's average
-ratio is at most ``max_freeze_ratio``; optionally the frozen share of all W work is at most
-``budget``.
-
-Formulation (longest-path LP, built sparse and directly as a column-wise matrix):
-
-- Program-order chains are collapsed. A node whose only timing predecessor is its program
-  predecessor starts exactly when that one ends (ASAP times are optimal for every choice of
-  ratios), so its start is an affine expression of the last *anchor* before it on its rank
-  (a node with a cross-rank predecessor, or a rank's first node). Only anchors get a start
-  variable; a constraint row links an anchor to the end of each of its predecessors, with
-  the ratio terms of the chain segment in between. Same-rank data edges are implied by
-  program order and dropped (transitive reduction).
-- Rows that can never bind are dropped. With every ratio at 1 (the least possible work), the
-  makespan ``T_lb`` is a lower bound of the optimum; a path through an edge that is shorter
-  than ``T_lb`` even with nothing frozen can never be critical, so the edge's row is left out.
-  The plan is always re-checked by simulating the full DAG with the chosen ratios.
-- The lexicographic objective is met by one weighted solve plus a check. The solve minimises
-  ``T + FREEZE_WEIGHT * sum W r``. For every weight below some (instance-dependent) breakpoint
-  the weighted optimum is the lexicographic one, and whether it is can be checked cheaply:
-  the objective is changed to ``T`` alone and HiGHS re-optimises from the weighted optimal
-  basis with primal simplex (the basis stays primal feasible). If the makespan does not drop
-  (normally 0 pivots, a few ms), the weighted solution has the minimal makespan ``T*``, and
-  among plans with makespan ``T*`` none freezes less (it would have a smaller weighted
-  objective): it is exactly the lexicographic optimum. Otherwise (weight above the breakpoint)
-  the instance now holds a min-``T`` basis, and the explicit second solve follows: makespan
-  column bounded by ``T* (1 + tolerance)``, objective ``sum W r``, primal simplex from that
-  basis. The freezing term also removes the dual degeneracy of a pure ``min T`` (which the
-  previous code fought with a tiny start-time cost). Measured (CPU s, 1F1B 16x128): 0.41 s for
-  the weighted solve + check against 0.39 + 0.60 s for the two lexicographic solves.
-
-Measured and not used by default (see benchmarks/bench_plan.py): row generation checked by
-simulation (``row_generation=True``; exact, but on balanced pipelines almost every edge is
-tight at the optimum, so 95% of the rows come back over 10+ rounds); a crash basis from the
-all-frozen ASAP tree (dual feasible, 40% fewer pivots, but slower without presolve); IPM and
-PDLP (2-20x slower); a starting solution (HiGHS gains ~20% even from the optimum). Also
-measured without a gain: other freezing weights (1e-4 .. 3e-2: 10-30% more pivots than 1e-3),
-a tiny start-time cost on top of the freezing term, other HiGHS options (dual steepest edge,
-the default, is 20-30% slower than Devex; no presolve, other scaling, update limit, cost
-perturbation, one thread: within noise or worse), and the crash basis again with the weighted
-objective (ZBV 32x256: 28k pivots instead of 81k, but each costs 3x as much; 1F1B 32x256
-slower). Fixing ratios of actions that cannot be critical is only sound with every *other*
-action unfrozen, and then it is the same test as the edge pruning above, which removes nothing
-on these balanced pipelines; so is dropping rows implied by another path (none found).
-
-Measured in CPU seconds (benchmarks/bench_plan.py, 28.3B profile, cap 0.8) against the
-paper-style reference (one weighted solve of a 2-variables-per-action model): this LP takes
-1F1B 16x128 0.31 vs 0.67, 32x256 4.9 vs 11.5; ZBV 16x128 0.81 vs 1.29, 32x256 13.0 vs 15.9.
-It is still a simplex solve of tens of thousands of rows (40-80k pivots at 32x256), so large
-instances go to :mod:`tfcompile.planner.decompose` instead (``method="auto"``): column
-generation over the stage caps with a native network simplex pricing, 0.03 / 0.18 s (1F1B)
-and 0.14 / 1.4 s (ZBV) at those sizes, same plans.
+A longest-path LP over the schedule's DAG, built sparse and column-wise: program-order chains
+are collapsed onto *anchors* (a rank's first action, or one with a cross-rank predecessor),
+rows that cannot bind at the optimum are pruned (``prune``), and the lexicographic objective
+(minimal makespan, then least cost-weighted freezing) is met by one weighted solve plus a
+cheap check, with an explicit second solve only when the check fails. The design choices and
+what was measured against them are in docs/planner.md.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tfcompile.errors import PlanError
-from tfcompile.planner import netflow
-from tfcompile.schedules.actions import Schedule
+from tfcompile.planner.problem import FreezeProblem, Solution
 from tfcompile.schedules.dag import ScheduleDAG
-from tfcompile.schedules.profile import as_profile
-from tfcompile.schedules.simulate import Timeline, longest_path, timeline_from_arrays
-
-#: Per-stage cap on the average freeze ratio (the TimelyFreeze paper's default). The one
-#: definition: FreezeConfig, the CLI, the examples and the benchmarks import it from here.
-DEFAULT_MAX_FREEZE_RATIO = 0.9
-
-#: weight of the cost-weighted freezing ``sum W r`` against the makespan in the first solve
-#: (dimensionless: both are times). Small enough that the weighted optimum almost always has
-#: the minimal makespan (checked after every solve, with a fallback); large enough against
-#: HiGHS's dual feasibility tolerance (1e-7) for any sensible time unit.
-FREEZE_WEIGHT = 1e-3
-
-#: ``method="auto"`` decomposes from this many freezable actions up; below, one LP solves in
-#: a few ms and is measured slightly faster (4 stages x 8 microbatches: 4 vs 6 ms)
-AUTO_DECOMPOSE_MIN = 200
+from tfcompile.schedules.simulate import longest_path
 
 
 @dataclass
-class FreezePlan:
-    """Result of :func:`plan_freeze`."""
+class WarmStart:
+    """The last optimal basis of the LP and the shape it fits, kept by a `FreezePlanner` so
+    that its next solve of the same schedule starts from it."""
 
-    schedule: Schedule
-    ratios: dict[tuple[int, int], float]
-    makespan: float
-    baseline_makespan: float
-    status: str
-    solve_seconds: float
-    build_seconds: float = 0.0
-    max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO
-    budget: float | None = None
-    lp_makespan: float = math.nan
-    min_makespan: float = math.nan
-    num_rows: int = 0
-    num_cols: int = 0
-    unit: str = "ms"
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def gain(self) -> float:
-        """Relative makespan reduction, ``1 - makespan / baseline_makespan``."""
-        return 1.0 - self.makespan / self.baseline_makespan if self.baseline_makespan else 0.0
-
-    @property
-    def speedup(self) -> float:
-        return self.baseline_makespan / self.makespan if self.makespan else 1.0
-
-    def ratio(self, stage: int, microbatch: int) -> float:
-        return self.ratios.get((stage, microbatch), 0.0)
-
-    def stage_average(self) -> list[float]:
-        """Average ratio per stage (over its microbatches)."""
-        p, m = self.schedule.num_stages, self.schedule.num_microbatches
-        sums = [0.0] * p
-        for (s, _), r in self.ratios.items():
-            sums[s] += r
-        return [x / m for x in sums]
-
-    def matrix(self) -> list[list[float]]:
-        """Ratios as ``[stage][microbatch]``."""
-        p, m = self.schedule.num_stages, self.schedule.num_microbatches
-        out = [[0.0] * m for _ in range(p)]
-        for (s, mb), r in self.ratios.items():
-            out[s][mb] = r
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schedule": self.schedule.name,
-            "stages": self.schedule.num_stages,
-            "microbatches": self.schedule.num_microbatches,
-            "ranks": self.schedule.num_ranks,
-            "max_freeze_ratio": self.max_freeze_ratio,
-            "budget": self.budget,
-            "unit": self.unit,
-            "makespan": self.makespan,
-            "baseline_makespan": self.baseline_makespan,
-            "min_makespan_all_frozen": self.min_makespan,
-            "gain": self.gain,
-            "status": self.status,
-            "solve_seconds": self.solve_seconds,
-            "build_seconds": self.build_seconds,
-            "lp_rows": self.num_rows,
-            "lp_cols": self.num_cols,
-            "stage_average": self.stage_average(),
-            "ratios": self.matrix(),
-            "stats": self.stats,
-        }
-
-    def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-
-    def _method_summary(self) -> str:
-        st = self.stats
-        if st.get("method") == "decomposition":
-            starts = st.get("starts", {})
-            warm = starts.get("reused", 0) + starts.get("repaired", 0)
-            return (
-                f"decomposition: {st.get('subproblems', 0)} pricing rounds "
-                f"({st.get('pivots', 0)} network-simplex pivots, {warm} warm-started), "
-                f"master {self.num_rows} rows x {self.num_cols} columns"
-            )
-        return f"one LP, {self.num_rows} rows x {self.num_cols} cols"
-
-    def summary(self) -> str:
-        u = self.unit
-        lines = [
-            f"schedule {self.schedule.name}: {self.schedule.num_stages} stages, "
-            f"{self.schedule.num_microbatches} microbatches, {self.schedule.num_ranks} ranks",
-            f"makespan   before {self.baseline_makespan:10.4g} {u}   after {self.makespan:10.4g}"
-            f" {u}   gain {100 * self.gain:5.1f}%   (all frozen: {self.min_makespan:.4g} {u})",
-            f"solver     {self.status}, build {self.build_seconds * 1e3:.1f} ms, "
-            f"solve {self.solve_seconds * 1e3:.1f} ms, {self._method_summary()}",
-            "stage  avg ratio  frozen microbatches",
-        ]
-        for s, avg in enumerate(self.stage_average()):
-            n_frozen = sum(1 for (st, _), r in self.ratios.items() if st == s and r > 1e-9)
-            lines.append(f"{s:5d}  {avg:9.3f}  {n_frozen:5d}/{self.schedule.num_microbatches}")
-        return "\n".join(lines)
-
-
-def _check_args(max_freeze_ratio: float, budget: float | None) -> None:
-    for label, val in (("max_freeze_ratio", max_freeze_ratio), ("budget", budget)):
-        if val is None and label == "budget":
-            continue
-        if not isinstance(val, (int, float)) or not (0.0 <= float(val) <= 1.0):
-            raise PlanError(f"{label} must be a number in [0, 1], got {val!r}")
+    basis: Any = None
+    shape: tuple[int, int] | None = None
 
 
 def _csc(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, ncol: int):
@@ -224,7 +52,7 @@ def _segments(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Model:
-    """The reduced LP of one (dag, costs) pair; see the module docstring.
+    """The reduced LP of one problem; see the module docstring.
 
     Columns: ``[anchor starts | ratios of freezable actions | T]``. Rows: one per timing edge
     into an anchor (program or cross-rank), one per sink, then the stage caps and the budget.
@@ -233,20 +61,14 @@ class _Model:
     """
 
     def __init__(
-        self,
-        dag: ScheduleDAG,
-        base: np.ndarray,
-        wpart: np.ndarray,
-        comm: float,
-        cap: float,
-        budget: float | None,
-        prune_below: float | None,
-        collapse: bool = True,
+        self, problem: FreezeProblem, prune_below: float | None, collapse: bool = True
     ) -> None:
+        dag, base, wpart, comm = problem.dag, problem.base, problem.wpart, problem.comm
+        cap, budget = problem.cap, problem.budget
         n = dag.num_nodes
         pp, dp = dag.prog_pred, dag.data_pred
-        fz = dag.freezable & (wpart > 0)
-        self.fz_nodes = np.flatnonzero(fz)
+        fz = problem.freezable
+        self.fz_nodes = problem.fz_nodes
         nfz = len(self.fz_nodes)
         # anchors: rank-first nodes and nodes with a cross-rank predecessor
         is_anchor = (pp < 0) | (dp >= 0) if collapse else np.ones(n, dtype=bool)
@@ -302,7 +124,7 @@ class _Model:
         stage_of = dag.stage[self.fz_nodes]
         stages = np.unique(stage_of)
         if len(stages) and cap < 1.0:
-            counts = np.bincount(dag.stage[dag.freezable], minlength=dag.schedule.num_stages)
+            counts = problem.stage_counts()
             side_row.append(np.searchsorted(stages, stage_of))
             side_col.append(n_anc + np.arange(nfz))
             side_val.append(np.ones(nfz))
@@ -312,7 +134,7 @@ class _Model:
             side_row.append(np.full(nfz, k))
             side_col.append(n_anc + np.arange(nfz))
             side_val.append(wpart[self.fz_nodes])
-            side_up.append(np.array([budget * float(np.sum(wpart[dag.freezable]))]))
+            side_up.append(np.array([problem.frozen_work_bound()]))
         cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
         self.s_row, self.s_col = cat(side_row, np.int64), cat(side_col, np.int64)
         self.s_val, self.s_up = cat(side_val, np.float64), cat(side_up, np.float64)
@@ -419,166 +241,56 @@ def _tight(model: _Model, start: np.ndarray, end: np.ndarray) -> np.ndarray:
     return sv - (end[model.u] + model.c) <= 1e-9 * max(1.0, span)
 
 
-def _initial_rows(
-    dag: ScheduleDAG,
-    model: _Model,
-    base: np.ndarray,
-    wpart: np.ndarray,
-    comm: float,
-    cap: float,
-) -> np.ndarray:
+def _initial_rows(problem: FreezeProblem, model: _Model) -> np.ndarray:
     """Edge rows to start row generation with: every sink row plus the edges that are tight
     in the ASAP schedule with every ratio at the cap (a guess of the optimum). Other rows are
     added only when the full DAG, simulated with a solution's ratios, is longer than that
     solution's makespan."""
-    start, end = longest_path(dag, base - wpart * cap, comm)
+    p = problem
+    start, end = longest_path(p.dag, p.base - p.wpart * p.cap, p.comm)
     return np.flatnonzero((model.v < 0) | _tight(model, start, end))
 
 
-def _makespan(dag: ScheduleDAG, dur: np.ndarray, comm: float) -> float:
-    if netflow.available():
-        return netflow.Makespan(dag)(dur, comm)
-    return float(longest_path(dag, dur, comm)[1].max())
-
-
-def _status(h) -> str:
-    return h.modelStatusToString(h.getModelStatus())
-
-
-def plan_freeze(
-    schedule: Schedule | ScheduleDAG,
-    costs: Any,
-    max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO,
-    budget: float | None = None,
+def solve(
+    problem: FreezeProblem,
     *,
-    tolerance: float = 1e-9,
     prune: bool = True,
     row_generation: bool = False,
-    method: str = "auto",
-) -> FreezePlan:
-    """Plan per-(stage, microbatch) freeze ratios that minimise the step's makespan.
+    warm: WarmStart | None = None,
+) -> Solution:
+    """The lexicographic optimum of ``problem`` as one LP.
 
-    ``max_freeze_ratio`` caps each stage's average ratio; ``budget`` (optional) caps the
-    frozen share of all weight-gradient work. ``tolerance`` is the relative slack on the
-    minimal makespan allowed in the second (least-freezing) solve. Raises
-    :class:`~tfcompile.errors.PlanError` when the LP cannot be solved to optimality.
-
-    ``method``: ``"decomposition"`` (column generation over the stage caps, pricing with a
-    native network simplex: :mod:`tfcompile.planner.decompose`; compiles a small C file
-    once), ``"lp"`` (one HiGHS LP over the whole DAG), or ``"auto"``: the decomposition when
-    the native solver loads and there are at least ``AUTO_DECOMPOSE_MIN`` freezable actions,
-    else the LP. Both are exact (same makespan and cost-weighted freezing); the
-    decomposition is 5-25x faster from 16 stages x 128 microbatches up (bench_plan).
-    To re-plan the same schedule as measured costs drift, use :class:`FreezePlanner`.
+    ``prune`` leaves out edge rows that cannot bind (a path through them is shorter than the
+    all-frozen makespan even with nothing frozen); ``row_generation`` starts from the rows
+    tight at a guess and adds the rows the simulation of a solution shows missing (exact,
+    measured slower); ``warm`` starts HiGHS from (and keeps) the last optimal basis.
+    Raises PlanError when HiGHS does not reach optimality.
     """
-    return _plan(
-        schedule, costs, max_freeze_ratio, budget, tolerance, prune, row_generation, None, method
-    )
-
-
-class FreezePlanner:
-    """Re-plans one schedule for changing costs, reusing the schedule's DAG.
-
-    ``planner = FreezePlanner(schedule, max_freeze_ratio=0.8)``; ``planner.plan(costs)`` each
-    time new measurements arrive. Results equal :func:`plan_freeze`'s. With ``method="lp"``
-    each solve warm-starts HiGHS from the previous optimal basis (the LP keeps its shape):
-    with costs that moved a few percent the first solve needs a few hundred pivots instead of
-    tens of thousands. The decomposition (the default where it loads) starts afresh, being
-    faster than that warm start already.
-    """
-
-    def __init__(
-        self,
-        schedule: Schedule | ScheduleDAG,
-        max_freeze_ratio: float = DEFAULT_MAX_FREEZE_RATIO,
-        budget: float | None = None,
-        *,
-        tolerance: float = 1e-9,
-        method: str = "auto",
-    ) -> None:
-        _check_args(max_freeze_ratio, budget)
-        self.dag = schedule if isinstance(schedule, ScheduleDAG) else ScheduleDAG(schedule)
-        self.max_freeze_ratio = max_freeze_ratio
-        self.budget = budget
-        self.tolerance = tolerance
-        self.method = method
-        self._state: dict[str, Any] = {}
-
-    def plan(self, costs: Any) -> FreezePlan:
-        return _plan(
-            self.dag, costs, self.max_freeze_ratio, self.budget, self.tolerance, False, False,
-            self._state, self.method,
-        )  # fmt: skip
-
-
-def _plan(
-    schedule: Schedule | ScheduleDAG,
-    costs: Any,
-    max_freeze_ratio: float,
-    budget: float | None,
-    tolerance: float,
-    prune: bool,
-    row_generation: bool,
-    state: dict[str, Any] | None,
-    method: str = "lp",
-) -> FreezePlan:
-    _check_args(max_freeze_ratio, budget)
-    if method not in ("auto", "lp", "decomposition"):
-        raise PlanError(f"method must be 'auto', 'lp' or 'decomposition', got {method!r}")
-    t0 = time.perf_counter()
-    dag = schedule if isinstance(schedule, ScheduleDAG) else ScheduleDAG(schedule)
-    sched = dag.schedule
-    prof = as_profile(costs)
-    base, wpart, comm = dag.bind(prof)
-    baseline = _makespan(dag, base, comm)
-    cap = float(max_freeze_ratio)
+    dag, base, wpart, comm = problem.dag, problem.base, problem.wpart, problem.comm
+    t_lb = problem.all_frozen
     stats: dict[str, Any] = {}
-    if cap == 0.0 or budget == 0.0 or not np.any(dag.freezable & (wpart > 0)):
-        return FreezePlan(
-            sched, {}, baseline, baseline, "Optimal (nothing to freeze)", 0.0,
-            time.perf_counter() - t0, cap, budget, baseline, baseline, unit=prof.unit,
-        )  # fmt: skip
-    t_lb = _makespan(dag, base - wpart, comm)
-    fallback = None
-    if method == "auto":
-        large = int(np.count_nonzero(dag.freezable & (wpart > 0))) >= AUTO_DECOMPOSE_MIN
-        usable = large and not row_generation and netflow.available()
-        method = "decomposition" if usable else "lp"
-        if method == "decomposition":
-            try:
-                return _plan_decomposed(
-                    dag, prof, base, wpart, comm, baseline, t_lb, cap, budget, tolerance, t0
-                )
-            except PlanError as exc:  # never expected; the LP is the safety net
-                fallback = f"decomposition failed ({exc}); solved as one LP"
-                method = "lp"
-    if method == "decomposition":
-        return _plan_decomposed(
-            dag, prof, base, wpart, comm, baseline, t_lb, cap, budget, tolerance, t0
-        )
     prune_below = t_lb * (1 - 1e-9) - 1e-12 if prune else None
-    model = _Model(dag, base, wpart, comm, cap, budget, prune_below)
+    model = _Model(problem, prune_below)
     stats["edge_rows"] = int(model.num_edge_rows)
     if row_generation:
-        rows = _initial_rows(dag, model, base, wpart, comm, cap)
+        rows = _initial_rows(problem, model)
     else:
         rows = np.arange(model.num_edge_rows)
     in_model = np.zeros(model.num_edge_rows, dtype=bool)
     in_model[rows] = True
-    h = model.highs(rows, FREEZE_WEIGHT)
+    h = model.highs(rows, problem.freeze_weight)
     shape = (model.ncol, model.nrow)
     stats["warm_start"] = False
-    if state is not None and state.get("shape") == shape and not row_generation:
-        h.setBasis(state["basis"])
+    if warm is not None and warm.shape == shape and not row_generation:
+        h.setBasis(warm.basis)
         stats["warm_start"] = True
-    t_build = time.perf_counter() - t0
     t1 = time.perf_counter()
-    feas_tol = 1e-7 * max(1.0, baseline)
+    feas_tol = 1e-7 * max(1.0, problem.baseline)
 
     nfz = len(model.fz_nodes)
     r_nodes = np.zeros(dag.num_nodes)
 
-    def solve(what: str) -> np.ndarray:
+    def run(what: str) -> np.ndarray:
         rounds = 0
         while True:
             h.run()
@@ -611,11 +323,11 @@ def _plan(
 
     cost_idx = np.concatenate([[model.col_T], model.n_anc + np.arange(nfz)]).astype(np.int32)
     wfz = model.wpart_fz
-    # -- solve 1: T + FREEZE_WEIGHT * (cost-weighted freezing) -----------------------------
-    sol = solve("weighted")
+    # -- solve 1: T + freeze_weight * (cost-weighted freezing) -----------------------------
+    sol = run("weighted")
     t_w = float(sol[model.col_T])
-    if state is not None:
-        state["basis"], state["shape"] = h.getBasis(), shape
+    if warm is not None:
+        warm.basis, warm.shape = h.getBasis(), shape
     # -- check: is its makespan minimal? Re-optimise min T from its basis (primal simplex:
     # the basis stays primal feasible). Normally the basis is already optimal (0 pivots);
     # then ``sol`` is lexicographically optimal: minimal T, and least freezing among all
@@ -623,117 +335,37 @@ def _plan(
     # objective).
     set_cost(1.0, 0.0)
     h.setOptionValue("simplex_strategy", 4)
-    x = solve("makespan")
+    x = run("makespan")
     t_star = float(x[model.col_T])
-    stats["fast_path"] = t_w <= t_star * (1 + tolerance) + 1e-12
-    bound = t_star * (1 + tolerance) + 1e-12
+    bound = problem.bound(t_star)
+    stats["fast_path"] = t_w <= bound
     if not stats["fast_path"]:
         # -- fallback, solve 2: least freezing with the makespan held (same instance, so
         # HiGHS restarts, with primal simplex, from the min-T basis) -----------------------
         h.changeColBounds(model.col_T, 0.0, bound)
         set_cost(0.0, 1.0)
-        sol = solve("freezing")
+        sol = run("freezing")
     stats["rows_used"] = int(in_model.sum())
-    st2 = _status(h)
+    status = _status(h)
     t_solve = time.perf_counter() - t1
     stats["pruned_edges"] = int(model.num_edges_total - model.num_edge_rows)
     stats["method"] = "lp"
-    if fallback:
-        stats["fallback"] = fallback
-    r_fz = sol[model.n_anc : model.n_anc + len(model.fz_nodes)]
-    return _finished_plan(
-        dag, prof, base, wpart, comm, model.fz_nodes, r_fz, bound,
-        baseline_makespan=baseline, status=st2, solve_seconds=t_solve, build_seconds=t_build,
-        max_freeze_ratio=cap, budget=budget, lp_makespan=t_star, min_makespan=t_lb,
-        num_rows=model.nrow, num_cols=model.ncol, stats=stats,
-    )  # fmt: skip
-
-
-def _plan_decomposed(
-    dag: ScheduleDAG,
-    prof: Any,
-    base: np.ndarray,
-    wpart: np.ndarray,
-    comm: float,
-    baseline: float,
-    t_lb: float,
-    cap: float,
-    budget: float | None,
-    tolerance: float,
-    t0: float,
-) -> FreezePlan:
-    from tfcompile.planner.decompose import plan_dw
-
-    t1 = time.perf_counter()
-    res = plan_dw(dag, base, wpart, comm, cap, budget, FREEZE_WEIGHT, tolerance)
-    t_solve = time.perf_counter() - t1
-    return _finished_plan(
-        dag, prof, base, wpart, comm, np.flatnonzero(dag.freezable & (wpart > 0)),
-        res.ratios, res.min_makespan * (1 + tolerance) + 1e-12,
-        baseline_makespan=baseline, status="Optimal", solve_seconds=t_solve,
-        build_seconds=t1 - t0, max_freeze_ratio=cap, budget=budget,
-        lp_makespan=res.min_makespan, min_makespan=t_lb,
-        num_rows=int(res.stats.get("master_rows", 0)),
-        num_cols=int(res.stats.get("columns", 0)),
-        stats=dict(res.stats, fast_path=res.fast_path),
-    )  # fmt: skip
-
-
-def _finished_plan(
-    dag: ScheduleDAG,
-    prof: Any,
-    base: np.ndarray,
-    wpart: np.ndarray,
-    comm: float,
-    fz_nodes: np.ndarray,
-    r_fz: np.ndarray,
-    bound: float,
-    **fields: Any,
-) -> FreezePlan:
-    """The plan of solver ratios ``r_fz`` (one per node of ``fz_nodes``): snapped to 0 and 1
-    within 1e-9, simulated, and checked against the makespan ``bound`` the solver promised."""
-    r_fz = np.clip(r_fz, 0.0, 1.0)
-    r_fz[r_fz < 1e-9] = 0.0
-    r_fz[r_fz > 1 - 1e-9] = 1.0
-    r = np.zeros(dag.num_nodes)
-    r[fz_nodes] = r_fz
-    tl = timeline_from_arrays(dag, base - wpart * r, r, comm, prof.unit)
-    _check_simulated(tl.makespan, bound)
-    ratios = {
-        (int(dag.stage[v]), int(dag.microbatch[v])): float(x)
-        for v, x in zip(fz_nodes.tolist(), r_fz.tolist())
-        if x > 0
-    }
-    plan = FreezePlan(
-        schedule=dag.schedule, ratios=ratios, makespan=tl.makespan, unit=prof.unit, **fields
+    return Solution(
+        ratios=sol[model.n_anc : model.n_anc + nfz],
+        min_makespan=t_star,
+        status=status,
+        num_rows=model.nrow,
+        num_cols=model.ncol,
+        solve_seconds=t_solve,
+        stats=stats,
     )
-    plan._timeline = tl  # type: ignore[attr-defined]
-    return plan
 
 
-def _check_simulated(makespan: float, bound: float) -> None:
-    if makespan > bound * (1 + 1e-7) + 1e-9:
-        raise PlanError(
-            f"internal error: the planned ratios simulate to makespan {makespan:.9g} but the "
-            f"solver promised {bound:.9g}; please report this with the schedule and profile"
-        )
+def _status(h) -> str:
+    return h.modelStatusToString(h.getModelStatus())
 
 
 def _optimal():
     import highspy
 
     return highspy.HighsModelStatus.kOptimal
-
-
-def timeline_of(plan: FreezePlan, costs: Any) -> Timeline:
-    """Simulated timeline of a plan (cached when the plan was just computed)."""
-    tl = getattr(plan, "_timeline", None)
-    if tl is not None:
-        return tl
-    from tfcompile.schedules.simulate import simulate
-
-    return simulate(plan.schedule, costs, plan.ratios)
-
-
-def ratios_from_mapping(ratios: Mapping[Any, float]) -> dict[tuple[int, int], float]:
-    return {(int(k[0]), int(k[1])): float(v) for k, v in ratios.items()}

@@ -21,6 +21,7 @@ from tfcompile.runtime.executor import StepRunner, forward_only_order
 from tfcompile.runtime.timers import ActionTimer, median_profile
 from tfcompile.runtime.transport import TensorSpec
 from tfcompile.schedules.actions import Action, Schedule
+from tfcompile.schedules.profile import CostProfile
 from tfcompile.split import StageSpec
 
 if TYPE_CHECKING:  # annotations only: the runtime does not import the controller or tracer
@@ -203,7 +204,11 @@ class Pipeline:
         Gradients accumulate into the parameters' .grad (each microbatch's loss is scaled by
         1/microbatches, so they equal eager accumulation of the mean loss).
         """
-        decided = self.freezer.before_step() if self.freezer is not None else {}
+        decided = {}
+        if self.freezer is not None:
+            need = self.freezer.measurement_due(self.step_index)
+            profile = self.measured_profile(*need) if need else None  # collective
+            decided = self.freezer.before_step(self.step_index, profile)
         frozen = self._check_frozen(decided if frozen is None else frozen)
         self.last_frozen = frozen
         M = self.num_microbatches
@@ -285,7 +290,7 @@ class Pipeline:
         dist.all_gather_object(gathered, value)
         return gathered
 
-    def measured_profile(self, window: int | None = None, frozen: str | None = None) -> dict:
+    def measured_profile(self, window: int | None = None, frozen: str | None = None) -> CostProfile:
         """Median F, I, W per stage (ms) and comm over the last `window` steps, all ranks.
 
         `frozen` ("none", "some", "all") restricts I and W to backward parts run with that
@@ -296,13 +301,11 @@ class Pipeline:
         gathered = self._gather(local)
         parts = [p for g in gathered for p in g[0]]
         arrivals = [a for g in gathered for a in g[1]]
-        return median_profile(parts, arrivals, self.num_stages, frozen)
+        return CostProfile.from_dict(median_profile(parts, arrivals, self.num_stages, frozen))
 
-    def profile(self, window: int | None = None):
-        """The measured cost profile as the planner's CostProfile (collective)."""
-        from tfcompile.schedules.profile import CostProfile
-
-        return CostProfile.from_dict(self.measured_profile(window))
+    def profile(self, window: int | None = None) -> CostProfile:
+        """Same as :meth:`measured_profile` with nothing frozen (collective)."""
+        return self.measured_profile(window)
 
     def step_times(self, window: int | None = None) -> list[float]:
         """Wall-clock seconds of the last steps on this rank (first action start to last end)."""
@@ -331,7 +334,7 @@ class Pipeline:
             num_ranks=self.schedule.num_ranks,
             frozen_counts={k: len(v) for k, v in self.last_frozen.items()},
             predicted=simulate(self.execution_schedule, profile) if predicted else None,
-            other_data={"profile": profile},
+            other_data={"profile": profile.to_dict()},
         )
         with open(path, "w") as f:
             json.dump(trace, f)

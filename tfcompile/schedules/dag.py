@@ -18,7 +18,7 @@ predecessors: its program predecessor and at most one cross-rank data predecesso
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,7 +33,14 @@ KIND_CODE = {"F": 0, "B": 1, "I": 2, "W": 3}
 class ScheduleDAG:
     """The DAG of one training step of ``schedule``."""
 
-    def __init__(self, schedule: Schedule) -> None:
+    def __init__(
+        self,
+        schedule: Schedule,
+        topological_order: Callable[[np.ndarray, np.ndarray], np.ndarray | None] | None = None,
+    ) -> None:
+        """``topological_order(prog_pred, data_pred)`` may compute :attr:`topo` faster (the
+        planner passes its native twin of :meth:`topological_order_python`, which must give
+        the same order; None falls back to Python)."""
         self.schedule = schedule
         self.actions: list[Action] = [a for prog in schedule.programs for a in prog]
         self.index: dict[Action, int] = {a: i for i, a in enumerate(self.actions)}
@@ -85,20 +92,17 @@ class ScheduleDAG:
             i += len(prog)
         self.prog_pred = prog_pred
         self.freezable = (self.kind == KIND_CODE["B"]) | (self.kind == KIND_CODE["W"])
-        self.topo = self._topological_order()
+        order = None if topological_order is None else topological_order(prog_pred, data_pred)
+        self.topo = order if order is not None else self.topological_order_python()
         has_succ = np.zeros(n, dtype=bool)
         has_succ[prog_pred[prog_pred >= 0]] = True
         has_succ[data_pred[data_pred >= 0]] = True
         self.sinks = np.flatnonzero(~has_succ)
 
     # -- structure -------------------------------------------------------------------------
-    def _topological_order(self) -> np.ndarray:
-        from tfcompile.planner import netflow
-
-        order = netflow.topological_order(self.prog_pred, self.data_pred)
-        return order if order is not None else self._topological_order_python()
-
-    def _topological_order_python(self) -> np.ndarray:
+    def topological_order_python(self) -> np.ndarray:
+        """Kahn's order with a LIFO stack (depth first along program chains); the planner's
+        pricing network numbers its nodes in this order, so its pivot sequence depends on it."""
         n = self.num_nodes
         indeg = (self.prog_pred >= 0).astype(np.int64) + (self.data_pred >= 0)
         succ: list[list[int]] = [[] for _ in range(n)]

@@ -72,7 +72,7 @@ def save_checkpoint(
     """Write this rank's checkpoint file; returns its path. Not collective."""
     file = checkpoint_file(path, int(pipe.rank))
     file.parent.mkdir(parents=True, exist_ok=True)
-    freezer = getattr(pipe, "freezer", None)
+    freezer = pipe.freezer
     state = {
         "version": FORMAT_VERSION,
         "rank": int(pipe.rank),
@@ -140,7 +140,7 @@ def load_checkpoint(
         if state["optimizer"] is None:
             raise RuntimeConfigError(f"{file} was saved without optimizer state")
         optimizer.load_state_dict(state["optimizer"])
-    freezer = getattr(pipe, "freezer", None)
+    freezer = pipe.freezer
     if (freezer is None) != (state["freezer"] is None):
         raise RuntimeConfigError(
             f"{file} was saved {'with' if state['freezer'] is not None else 'without'} a "

@@ -146,8 +146,7 @@ def train_step(
 
 
 def _span(pipe) -> tuple[float, float]:
-    timer = getattr(pipe, "timer", None)
-    parts = timer.last_step() if timer is not None else None
+    parts = pipe.timer.last_step()
     if not parts:
         return (float("nan"), float("nan"))
     return (min(p.start for p in parts), max(p.end for p in parts))
