@@ -32,7 +32,6 @@ import os
 import statistics
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import torch
@@ -265,8 +264,7 @@ def worker(args: argparse.Namespace) -> None:
     rank = pipe.rank
     compile_s = time.perf_counter() - started
     # keep every step's action times (the default window is 50 steps)
-    pipe.timer.records = deque(maxlen=None)
-    pipe.timer.arrivals = deque(maxlen=None)
+    pipe.timer.set_window(None)
     peer = TorchPP(args, rank, world, device)
     log(rank, f"tfcompile.compile took {compile_s:.1f} s; device {device}, {dist.get_backend()}")
 

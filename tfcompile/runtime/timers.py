@@ -61,6 +61,12 @@ class ActionTimer:
         self._step = -1
         self._cuda_base: tuple | None = None
 
+    def set_window(self, window: int | None) -> None:
+        """Keep the last `window` steps from now on (None: every step, e.g. for a benchmark
+        that replays each step); the records already kept stay, newest first to go last."""
+        self.records = deque(self.records, maxlen=window)
+        self.arrivals = deque(self.arrivals, maxlen=window)
+
     def now(self) -> float:
         return time.perf_counter() + self._offset
 
