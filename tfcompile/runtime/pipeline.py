@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tfcompile import _torch_compat as compat
 from tfcompile.errors import GroupError, RuntimeConfigError
 from tfcompile.runtime.executor import StepRunner, forward_only_order
 from tfcompile.runtime.timers import ActionTimer, median_profile
@@ -447,8 +448,9 @@ class _EvalLastStage:
         return self.loss_fn(out, target)
 
     def gathered_outputs(self, microbatches: int):
-        outs = [self.outputs[m] for m in range(microbatches)]
-        return torch.utils._pytree.tree_map(lambda *xs: torch.cat(xs), *outs)
+        flat = [compat.tree_flatten(self.outputs[m]) for m in range(microbatches)]
+        leaves = [torch.cat(parts) for parts in zip(*(f[0] for f in flat))]
+        return compat.tree_unflatten(leaves, flat[0][1])
 
     def release(self) -> None:
         self.program.release()
