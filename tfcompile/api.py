@@ -85,9 +85,11 @@ def compile(  # noqa: A001 - the public name the design asks for
         stage_inputs = stage_example_inputs(specs, example_inputs)
         _check_split(specs, stage_inputs, sched)
         local = sched.stages_of(proc.rank) if proc.distributed else list(range(sched.num_stages))
+        forward_only = _forward_only_stages(specs, loss_fn)
         programs, loss_dtype = _trace_local_stages(
             model, specs, stage_inputs, local,
             loss_fn=loss_fn, example_target=example_target, groups=groups, device=proc.device,
+            forward_only=forward_only,
         )  # fmt: skip
         if proc.distributed:
             _check_same_config(model, sched, specs, example_inputs, example_target, proc)
@@ -115,6 +117,9 @@ def compile(  # noqa: A001 - the public name the design asks for
                 else ()
             ),
             freezer_factory=_freezer_factory(freeze),
+            forward_only_stages=forward_only,
+            loss_fn=loss_fn,
+            eval_tracer=_eval_tracer(specs, stage_inputs, proc.device),
         )
     except BaseException as exc:
         if proc.failure is not None:
@@ -191,10 +196,12 @@ def _trace_local_stages(
     example_target: torch.Tensor,
     groups,
     device: torch.device,
+    forward_only: frozenset[int] = frozenset(),
 ) -> tuple[dict, torch.dtype]:
     """Trace this process's stages (moved to `device`) into StagePrograms; the last stage
-    includes the loss. Also returns the loss dtype (float32 unless the last stage is local
-    and its loss says otherwise), the dtype of the backward seed."""
+    includes the loss. A stage's inputs get gradients when an earlier stage trains (the stage
+    before is not in `forward_only`). Also returns the loss dtype (float32 unless the last
+    stage is local and its loss says otherwise), the dtype of the backward seed."""
     from tfcompile.trace import trace_stage
 
     model_names = {n for n, _ in model.named_parameters()}
@@ -205,7 +212,7 @@ def _trace_local_stages(
         spec = specs[s]
         spec.module.to(device)
         inputs = tuple(t.detach().to(device) for t in stage_inputs[s])
-        if s > 0:
+        if s > 0 and s - 1 not in forward_only:
             inputs = tuple(t.requires_grad_(True) for t in inputs)
         last = s == last_stage
         programs[s] = trace_stage(
@@ -220,6 +227,39 @@ def _trace_local_stages(
                 out = spec.module(*stage_inputs[s])
                 loss_dtype = loss_fn(out, example_target).dtype
     return programs, loss_dtype
+
+
+def _forward_only_stages(specs: Sequence[StageSpec], loss_fn: Callable) -> frozenset[int]:
+    """Stages that take no part in the backward (kind 7): no trainable parameter in them nor
+    in any earlier stage, so neither their parameters nor their inputs need a gradient
+    (frozen lower layers). Every rank computes the same set from the full split."""
+    out = set()
+    trains = False
+    for s, spec in enumerate(specs):
+        trains = trains or any(p.requires_grad for p in spec.module.parameters())
+        if s == len(specs) - 1 and isinstance(loss_fn, nn.Module):
+            trains = trains or any(p.requires_grad for p in loss_fn.parameters())
+        if not trains:
+            out.add(s)
+    return frozenset(out)
+
+
+def _eval_tracer(
+    specs: Sequence[StageSpec], stage_inputs: Sequence[tuple], device: torch.device
+) -> Callable[[int], object]:
+    """Traces stage `s` into a forward-only program in the current context (module modes,
+    autocast), for Pipeline.evaluate; the last stage without its loss (evaluate applies
+    loss_fn to the outputs, which it can also return)."""
+
+    def trace(s: int):
+        from tfcompile.program import StageProgram
+        from tfcompile.trace import trace_stage
+
+        inputs = tuple(t.detach().to(device) for t in stage_inputs[s])
+        traced = trace_stage(specs[s].module, inputs, forward_only=True).traced
+        return StageProgram(traced, update_buffers=False)
+
+    return trace
 
 
 def _check_same_config(

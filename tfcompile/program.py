@@ -76,8 +76,13 @@ class StageProgram:
     ``last_times`` holds the seconds of the last backward_input and of each region.
     """
 
-    def __init__(self, traced: TracedStage, *, backend: Backend | None = None):
+    def __init__(
+        self, traced: TracedStage, *, backend: Backend | None = None, update_buffers: bool = True
+    ):
+        """`update_buffers=False` discards the buffer updates the forward computes (BatchNorm
+        running stats in training mode): an evaluation program never touches the module."""
         self.traced = traced
+        self.update_buffers = update_buffers
         self.backend: Backend = backend if backend is not None else EagerBackend()
         self.region_calls: Counter[str] = Counter()
         # wall seconds of the last backward_input ("input") and of each region that last ran
@@ -98,11 +103,19 @@ class StageProgram:
     fw_graph = property(lambda self: self.traced.fw_graph)
     bw_graph = property(lambda self: self.traced.bw_graph)
     split = property(lambda self: self.traced.split)
+    forward_only = property(lambda self: self.traced.forward_only)
 
     # -- execution
     def forward(self, mb: int, *inputs: torch.Tensor, target: torch.Tensor | None = None):
-        """Run the forward of microbatch `mb`; keeps what its backward needs."""
+        """Run the forward of microbatch `mb`; keeps what its backward needs.
+
+        Refused (RuntimeConfigError) when a submodule's ``training`` flag or the ambient
+        autocast state differs from the traced one: the graphs are fixed to that context
+        (dropout, batch vs running statistics, casts). Trace a program in the new context
+        (``Pipeline.evaluate`` does so itself for evaluation). A forward-only program keeps
+        nothing (its backward is a no-op)."""
         t = self.traced
+        self.check_context()
         self._check_inputs(inputs, target)
         if mb in self._state:
             raise RuntimeConfigError(
@@ -119,9 +132,12 @@ class StageProgram:
         with torch.no_grad():
             outs = self._forward_fn(args)
         n_mut, n_user = len(t.mutated_buffers), t.num_outputs
-        for name, val in zip(t.mutated_buffers, outs[:n_mut]):
-            t.buffers[name].copy_(val)
+        if self.update_buffers:
+            for name, val in zip(t.mutated_buffers, outs[:n_mut]):
+                t.buffers[name].copy_(val)
         user = outs[n_mut : n_mut + n_user]
+        if t.forward_only:
+            return compat.tree_unflatten(list(user), t.output_spec)
         saved = outs[n_mut + n_user :]
         # like eager autograd, detect saved inputs modified in place before the backward
         versions = [(i, x, compat.version_counter(x)) for i, x in enumerate(inputs)]
@@ -132,6 +148,8 @@ class StageProgram:
         """Input gradients of `mb` (None where none is needed); keeps the weight-work stash."""
         t = self.traced
         frozen = self._frozen_set(frozen)
+        if t.forward_only:  # no backward: no input gets a gradient, nothing is kept
+            return (None,) * len(t.input_specs)
         st = self._state.get(mb)
         if st is None or st.stage != "F":
             raise RuntimeConfigError(
@@ -165,6 +183,8 @@ class StageProgram:
         """Accumulate .grad of the unfrozen groups' parameters; release `mb`'s state."""
         t = self.traced
         frozen = self._frozen_set(frozen)
+        if t.forward_only:
+            return
         st = self._state.get(mb)
         if st is None or st.stage != "I":
             raise RuntimeConfigError(f"backward_weight({mb}) needs backward_input({mb}) first")
@@ -205,6 +225,8 @@ class StageProgram:
         """Build every backward_input variant (and its backend callable) now; they are otherwise
         built on first use, which would slow the first steps. Returns self."""
         split = self.traced.split
+        if split is None:  # forward-only: nothing to build
+            return self
         for k in range(len(self.group_order) + 1):
             self._region_fn(INPUT, split.input_variant(k))
         for g in self.group_order:
@@ -221,6 +243,33 @@ class StageProgram:
     @property
     def pending(self) -> list[int]:
         return sorted(self._state)
+
+    def check_context(self) -> None:
+        """Refuse to run in a context other than the traced one (kind 3): every submodule's
+        ``training`` flag and the ambient autocast state must be as at trace time."""
+        from tfcompile.trace import autocast_state, training_flags
+
+        t = self.traced
+        if t.training_flags and training_flags(t.module) != t.training_flags:
+            now = training_flags(t.module)
+            names = [n or type(t.module).__name__ for n, _ in t.module.named_modules()]
+            diff = [n for n, a, b in zip(names, t.training_flags, now) if a != b]
+            mode = "training" if t.training_flags[0] else "eval"
+            raise RuntimeConfigError(
+                f"{type(t.module).__name__} was traced in {mode} mode but the training flag of "
+                f"{diff[:5]} changed since (module.train()/.eval() after tracing); the graphs "
+                "are fixed to the traced mode (dropout, batch statistics): switch the module "
+                "back, or trace a program in this mode (Pipeline.evaluate traces its own "
+                "forward-only programs in the model's current mode)"
+            )
+        if t.autocast_state and autocast_state() != t.autocast_state:
+            raise RuntimeConfigError(
+                f"{type(t.module).__name__} was traced with autocast "
+                f"{_autocast_text(t.autocast_state)} and runs under autocast "
+                f"{_autocast_text(autocast_state())}; the graphs hold "
+                "the casts of the trace: run it in the same torch.autocast context as the "
+                "trace, or trace it (call trace_stage/compile()) inside the context you run in"
+            )
 
     # -- helpers
     def _region_fn(self, kind: str, region: Region) -> GraphFn:
@@ -296,6 +345,11 @@ class StageProgram:
             f"StageProgram({type(self.module).__name__}, groups={self.group_order}, "
             f"loss_stage={self.is_loss_stage})"
         )
+
+
+def _autocast_text(state: tuple) -> str:
+    on = [f"{dev}:{dtype}".replace("torch.", "") for dev, enabled, dtype in state if enabled]
+    return ",".join(on) if on else "off"
 
 
 def _check_unmodified(mb: int, versions: Sequence[tuple[int, torch.Tensor, int]]) -> None:

@@ -53,9 +53,10 @@ class TracedStage:
 
     module: nn.Module = field(repr=False)
     fw_graph: fx.GraphModule = field(repr=False)  # forward, as traced
-    bw_graph: fx.GraphModule = field(repr=False)  # backward, as traced (before the split)
-    # backward_input variants and one weight-gradient region per group
-    split: SplitBackward = field(repr=False)
+    # backward, as traced (before the split); None for a forward-only stage
+    bw_graph: fx.GraphModule | None = field(repr=False)
+    # backward_input variants and one weight-gradient region per group (None: forward-only)
+    split: SplitBackward | None = field(repr=False)
     params: Mapping[str, torch.Tensor] = field(repr=False)  # live parameters, canonical names
     buffers: Mapping[str, torch.Tensor] = field(repr=False)  # the module's live buffers
     param_names: tuple[str, ...]  # forward placeholders, in order
@@ -77,6 +78,12 @@ class TracedStage:
     region_flops: dict[str, Any]  # group -> FLOPs of its weight-gradient region
     input_flops: Any  # FLOPs of backward_input with nothing frozen
     forward_flops: Any
+    # the context the graphs were traced in (kind 3): module.training of every submodule in
+    # module.modules() order, and the autocast state (see ``trace_context``)
+    training_flags: tuple[bool, ...] = ()
+    autocast_state: tuple = ()
+    # no backward (kind 7): nothing needs a gradient; bw_graph and split are None, no groups
+    forward_only: bool = False
 
 
 def trace_stage(
@@ -87,6 +94,7 @@ def trace_stage(
     example_target: torch.Tensor | None = None,
     groups: GroupChoice = "block",
     input_requires_grad: Sequence[bool] | None = None,
+    forward_only: bool = False,
 ) -> StageProgram:
     """Trace `module` (one pipeline stage) into a :class:`StageProgram`.
 
@@ -97,6 +105,16 @@ def trace_stage(
     With ``loss_fn`` (last stage) the loss ``loss_fn(outputs, target)`` is part of the forward
     and must be a scalar; pass ``example_target``. The program's ``traced`` field is the
     :class:`TracedStage`.
+
+    The graphs are fixed to the context of the call: every submodule's ``training`` flag
+    (dropout, batch statistics) and the ambient autocast state are recorded on the TracedStage,
+    and the program refuses to run in another one (see ``StageProgram.forward``).
+
+    A stage where nothing needs a gradient (no trainable parameter reaches the outputs and no
+    input gets a gradient: frozen lower layers), or any stage with ``forward_only=True``
+    (parameters and inputs then treated as constants: an evaluation program), becomes a
+    forward-only program: no groups, ``backward_input`` returns None per input and
+    ``backward_weight`` does nothing.
     """
     inputs = _check_example(module, example_inputs, loss_fn, example_target)
     group_map = resolve_groups(module, groups)
@@ -106,16 +124,27 @@ def trace_stage(
     is_loss = loss_fn is not None
     eager_out, probed = _mutated_buffers(module, params, buffers, inputs)
     needs_grad = _input_grad_flags(inputs, input_requires_grad)
+    if forward_only:
+        needs_grad = [False] * len(inputs)
 
     fn = _stage_fn(module, param_names, buffer_names, len(inputs), loss_fn)
     args = [
-        *(params[n].detach().requires_grad_(params[n].requires_grad) for n in param_names),
+        *(
+            params[n].detach().requires_grad_(params[n].requires_grad and not forward_only)
+            for n in param_names
+        ),
         *(buffers[n].clone() for n in buffer_names),
         *(x.detach().requires_grad_(needs) for x, needs in zip(inputs, needs_grad)),
     ]
     if is_loss:
         args.append(example_target.detach())
     fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(module, fn, args, len(params) + len(buffers))
+    if bw_gm is None:  # kind 7: nothing needs a gradient
+        return StageProgram(
+            _forward_only_stage(
+                module, fw_gm, eager_out, is_loss, probed, params, buffers, inputs, needs_grad
+            )
+        )
 
     outs = _map_outputs(
         fw_gm, bw_gm, eager_out, num_fwd_outputs, is_loss, probed, len(params), buffer_names
@@ -155,8 +184,91 @@ def trace_stage(
         region_flops={g: graph_flops(split.regions[g].gm) for g in group_order},
         input_flops=graph_flops(split.input_variant(0).gm),
         forward_flops=graph_flops(fw_gm),
+        training_flags=training_flags(module),
+        autocast_state=autocast_state(),
     )
     return StageProgram(traced)
+
+
+def training_flags(module: nn.Module) -> tuple[bool, ...]:
+    """``training`` of every submodule, in ``module.modules()`` order: the mode pattern a
+    program is traced for (dropout on/off, batch statistics vs running statistics)."""
+    return tuple(m.training for m in module.modules())
+
+
+def autocast_state() -> tuple:
+    """The ambient autocast state, ``((device_type, enabled, dtype), ...)`` for cpu and cuda:
+    a traced graph has the casts of the state it was traced in."""
+    out = []
+    for dev in ("cpu", "cuda"):
+        try:
+            on = torch.is_autocast_enabled(dev)
+            out.append((dev, on, torch.get_autocast_dtype(dev) if on else None))
+        except (TypeError, RuntimeError):  # a device type this build does not know
+            continue
+    return tuple(out)
+
+
+def _forward_only_stage(
+    module: nn.Module,
+    fw_gm: fx.GraphModule,
+    eager_out: Any,
+    is_loss: bool,
+    probed: tuple[str, ...],
+    params: Mapping[str, torch.Tensor],
+    buffers: Mapping[str, torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    needs_grad: Sequence[bool],
+) -> TracedStage:
+    """The TracedStage of a stage without backward (kind 7): AOTAutograd's inference graph
+    returns ``mutated buffers, user outputs`` (no saved values); no groups, no regions."""
+    if is_loss:
+        flat_out, out_spec = [eager_out], compat.leaf_spec()
+    else:
+        flat_out, out_spec = compat.tree_flatten(eager_out)
+    n_user = len(flat_out)
+    buffer_names = tuple(buffers)
+    mutated = probed
+    mut_idx = compat.mutated_input_indices(fw_gm)
+    n_p, n_b = len(params), len(buffers)
+    if mut_idx is not None and all(n_p <= i < n_p + n_b for i in mut_idx):
+        mutated = tuple(buffer_names[i - n_p] for i in mut_idx)
+    n_graph = len(output_node(fw_gm).args[0])
+    if n_graph != n_user + len(mutated):
+        raise TraceError(
+            f"could not match the forward-only graph's {n_graph} outputs to {n_user} outputs "
+            f"and {len(mutated)} mutated buffers; return plain tensors from forward"
+        )
+    return TracedStage(
+        module=module,
+        fw_graph=fw_gm,
+        bw_graph=None,
+        split=None,
+        params=params,
+        buffers=buffers,
+        param_names=tuple(params),
+        buffer_names=buffer_names,
+        mutated_buffers=mutated,
+        input_specs=tuple(TensorSpec.of(x) for x in inputs),
+        input_requires_grad=tuple(needs_grad),
+        is_loss_stage=is_loss,
+        num_outputs=n_user,
+        output_spec=out_spec,
+        saved_names=(),
+        tangent_names=(),
+        tangent_outputs=(),
+        tangent_specs=(),
+        groups={},
+        group_order=[],
+        region_params={},
+        input_grad_slots=(),
+        region_flops={},
+        input_flops=0,
+        forward_flops=graph_flops(fw_gm),
+        training_flags=training_flags(module),
+        autocast_state=autocast_state(),
+        forward_only=True,
+    )
 
 
 # ----------------------------------------------------------------------------- checks
@@ -292,9 +404,9 @@ def _stage_fn(
 
 def _aot_graphs(
     module: nn.Module, fn: Callable[..., Any], args: list, num_params_buffers: int
-) -> tuple[fx.GraphModule, fx.GraphModule, int]:
-    """Forward and backward GraphModules of `fn`, with AOTAutograd's errors turned into ones
-    that say what to change in the user's module."""
+) -> tuple[fx.GraphModule, fx.GraphModule | None, int]:
+    """Forward and backward GraphModules of `fn` (backward None when nothing needs a gradient),
+    with AOTAutograd's errors turned into ones that say what to change in the user's module."""
     try:
         fw_gm, bw_gm, num_fwd_outputs, _ = compat.aot_trace(fn, args, num_params_buffers)
     except _LossShapeError as e:
@@ -309,11 +421,6 @@ def _aot_graphs(
                 f"{str(e).splitlines()[0] if str(e) else ''}"
             ) from e
         raise TraceError(f"tracing {type(module).__name__} failed: {type(e).__name__}: {e}") from e
-    if bw_gm is None:
-        raise TraceError(
-            "nothing in this stage requires a gradient (no trainable parameter reaches the "
-            "outputs and no input requires grad): there is no backward to compile"
-        )
     return fw_gm, bw_gm, num_fwd_outputs
 
 

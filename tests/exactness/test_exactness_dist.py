@@ -1,5 +1,6 @@
-"""Issue 11 kinds 1, 6, 7 under torchrun (2 ranks, gloo): accumulation over two pipe.step()
-calls, tied weights under freezing across ranks, a forward-only stage on its own rank."""
+"""Issue 11 kinds 1, 3, 6, 7 under torchrun (2 ranks, gloo): accumulation over two pipe.step()
+calls, evaluation in eval mode with outputs on the last rank, tied weights under freezing
+across ranks, a forward-only stage on its own rank."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def comm_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def forward_only_run(tmp_path_factory):
-    return torchrun(tmp_path_factory.mktemp("exact_fwd"), "k7_forward_only")
+    return torchrun(tmp_path_factory.mktemp("exact_fwd"), "k7_forward_only,k3_evaluate_eval_mode")
 
 
 def check(run: dict, case: str, atol: float = 1e-5) -> None:
@@ -65,7 +66,9 @@ def test_k6_rescale_tied_weight_per_use_and_copies_bit_identical(comm_run):
     check(comm_run, "k6_rescale_per_use", atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 kind 7: trace_stage refuses a stage without a "
-                   "backward; the peer rank sees the failure")
 def test_k7_forward_only_stage_under_torchrun(forward_only_run):
     check(forward_only_run, "k7_forward_only")
+
+
+def test_k3_evaluate_eval_mode_outputs_on_last_rank_under_torchrun(forward_only_run):
+    check(forward_only_run, "k3_evaluate_eval_mode")

@@ -13,24 +13,12 @@ from torch import nn
 
 import tfcompile
 
-XFAIL_EVAL = pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 kind 3: Pipeline.evaluate runs the training-mode forward graph traced at "
-    "compile() (batch stats, dropout) and copies mutated running stats back",
-)
-XFAIL_CTX = pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 kind 3: StageProgram.forward ignores module.training / ambient autocast "
-    "that differ from the trace-time context",
-)
-
 
 def _eval_loss(model, X, Y, M, loss_fn):
     with torch.no_grad():
         return sum(loss_fn(model(a), b) for a, b in zip(X.chunk(M), Y.chunk(M))).item() / M
 
 
-@XFAIL_EVAL
 def test_case_evaluate_after_model_eval_uses_running_stats_and_no_dropout():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5),
@@ -48,7 +36,6 @@ def test_case_evaluate_after_model_eval_uses_running_stats_and_no_dropout():
     assert abs(got - _eval_loss(ref, X, Y, 4, loss)) <= 1e-5
 
 
-@XFAIL_EVAL
 def test_evaluate_after_training_steps_then_eval_is_deterministic_and_exact():
     """Own example: train 2 SGD-momentum steps through the pipeline, switch to eval: evaluate
     equals eager eval of the trained model, twice in a row, and leaves every buffer alone."""
@@ -86,7 +73,6 @@ def test_evaluate_in_train_mode_without_dropout_or_bn_already_exact():
     assert abs(pipe.evaluate(X, Y) - _eval_loss(copy.deepcopy(model), X, Y, 2, loss)) <= 1e-5
 
 
-@XFAIL_CTX
 def test_trace_stage_program_after_module_eval_is_eval_or_refused():
     """trace_stage level: a program traced in training mode, run after module.eval(), either
     computes the eval-mode forward or refuses with a tfcompile error."""
@@ -108,7 +94,7 @@ def test_trace_stage_program_after_module_eval_is_eval_or_refused():
     assert torch.allclose(out, ref(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("level", [pytest.param("trace_stage", marks=XFAIL_CTX), "compile"])
+@pytest.mark.parametrize("level", ["trace_stage", "compile"])
 def test_ambient_autocast_differs_from_trace_is_refused_or_honoured(level):
     """Traced in fp32, trained under torch.autocast(bfloat16): refused with a tfcompile error,
     or loss and gradients equal eager under the same autocast. Today the forward is
@@ -143,3 +129,120 @@ def test_ambient_autocast_differs_from_trace_is_refused_or_honoured(level):
         return
     assert abs(got - want) <= 1e-4 * abs(want), (got, want)
     assert_grads_match(model, ref, atol=1e-4)
+
+
+def _convnet():
+    """ConvNeXt/ResNet-like: conv stem + BatchNorm2d + Dropout, pooled head with Dropout."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU(), nn.Dropout(0.2),
+        nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(8, 5),
+    )
+
+
+def test_convnet_trained_two_adamw_steps_then_eval_returns_logits_equal_to_eager():
+    """Own example: a conv net with BatchNorm2d and Dropout trained 2 AdamW steps through the
+    pipeline, then model.eval(): evaluate(return_outputs=True) gives the loss and logits of
+    eager model.eval() on a deep copy, twice, leaves every buffer alone, and does not trace
+    again for the same mode."""
+    torch.manual_seed(5)
+    model = _convnet()
+    X, Y = torch.randn(8, 3, 6, 6), torch.randint(0, 5, (8,))
+    loss = nn.functional.cross_entropy
+    pipe = tfcompile.compile(model, schedule="1F1B", microbatches=2, ranks=2,
+                             example_inputs=(X[:4],), loss_fn=loss, example_target=Y[:4],
+                             split_points=["4"])
+    opt = torch.optim.AdamW(pipe.parameters(), lr=1e-2, weight_decay=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        pipe.step(X, Y)
+        opt.step()
+    model.eval()
+    ref = copy.deepcopy(model)
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    with torch.no_grad():
+        want_logits = torch.cat([ref(a) for a in X.chunk(2)])
+    want = _eval_loss(ref, X, Y, 2, loss)
+    got, logits = pipe.evaluate(X, Y, return_outputs=True)
+    got2, logits2 = pipe.evaluate(X, Y, return_outputs=True)
+    assert abs(got - want) <= 1e-5 and got == got2, (got, want)
+    assert torch.allclose(logits, want_logits, atol=1e-5) and torch.equal(logits, logits2)
+    for n, buf in model.named_buffers():
+        assert torch.equal(buf, buffers[n]), n
+    assert len(pipe._eval_programs) == 1
+    assert pipe.evaluate(X, Y) == got  # plain call: the loss only
+
+
+def test_evaluate_in_train_mode_uses_batch_stats_but_never_updates_buffers():
+    """evaluate() honours the model's current mode: in training mode BatchNorm uses batch
+    statistics (equal to eager train-mode forward) but the running stats stay untouched."""
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
+    X, Y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    loss = nn.functional.cross_entropy
+    pipe = tfcompile.compile(model, schedule="GPipe", microbatches=2, ranks=2,
+                             example_inputs=(X[:4],), loss_fn=loss, example_target=Y[:4],
+                             split_points=["2"])
+    ref = copy.deepcopy(model)
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    want = _eval_loss(ref, X, Y, 2, loss)  # train mode: batch statistics
+    assert abs(pipe.evaluate(X, Y) - want) <= 1e-5
+    for n, buf in model.named_buffers():
+        assert torch.equal(buf, buffers[n]), n
+
+
+def test_step_after_model_eval_is_refused_then_works_after_train():
+    """pipe.step after model.eval() would run training-mode graphs: refused, naming the mode;
+    after model.train() it trains exactly as eager (BatchNorm batch stats and running stats)."""
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
+    X, Y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    loss = nn.functional.cross_entropy
+    pipe = tfcompile.compile(model, schedule="1F1B", microbatches=2, ranks=2,
+                             example_inputs=(X[:4],), loss_fn=loss, example_target=Y[:4],
+                             split_points=["2"])
+    ref = copy.deepcopy(model)  # after compile(): its own buffer changes are kind 8's
+    model.eval()
+    with pytest.raises(tfcompile.errors.RuntimeConfigError, match="eval|training"):
+        pipe.step(X, Y)
+    model.train()
+    got = pipe.step(X, Y)
+    want = eager_accumulate(ref, X, Y, 2, loss)
+    assert abs(got - want) <= 1e-5
+    assert_grads_match(model, ref)
+    assert torch.allclose(model[1].running_mean, ref[1].running_mean, atol=1e-6)
+
+
+def test_step_under_no_grad_or_other_autocast_is_refused():
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    X, Y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    pipe = tfcompile.compile(model, schedule="1F1B", microbatches=2, ranks=2,
+                             example_inputs=(X[:4],), loss_fn=nn.functional.cross_entropy,
+                             example_target=Y[:4], split_points=["2"])
+    with torch.no_grad(), pytest.raises(tfcompile.errors.RuntimeConfigError, match="no_grad"):
+        pipe.step(X, Y)
+    with torch.autocast("cpu", dtype=torch.bfloat16), pytest.raises(
+        tfcompile.errors.RuntimeConfigError, match="autocast"
+    ):
+        pipe.step(X, Y)
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(prog.pending for prog in pipe.stage_programs.values())
+
+
+def test_trace_stage_under_autocast_runs_only_under_the_same_autocast():
+    """trace_stage level: a program traced under autocast(bfloat16) records it; run without
+    autocast it is refused; run under the same autocast its forward equals eager's."""
+    torch.manual_seed(9)
+    m = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
+    x = torch.randn(3, 4, requires_grad=True)
+    ref = copy.deepcopy(m)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        prog = tfcompile.trace_stage(m, (x,))
+        want = ref(x)
+    with pytest.raises(tfcompile.errors.RuntimeConfigError, match="autocast"):
+        prog.forward(0, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = prog.forward(0, x)
+    prog.release()
+    assert out.dtype == want.dtype and torch.allclose(out.float(), want.float(), atol=1e-2)

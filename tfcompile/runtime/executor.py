@@ -7,7 +7,7 @@ an order where each action's inputs already exist (`interleave`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 
@@ -66,8 +66,13 @@ class StepRunner:
         transport,
         timer: ActionTimer,
         grad_specs: Mapping[int, tuple],
+        forward_only: Collection[int] = (),
     ):
+        """`forward_only` are the stages (of all ranks) that take no part in the backward
+        (nothing in them or before them trains): their B/I/W actions are skipped and no
+        gradient message is sent to them; every rank is given the same set."""
         self.programs = dict(programs)
+        self.forward_only = frozenset(forward_only)
         self.grad_specs = dict(grad_specs)  # stage -> specs of its inputs' gradients
         self.num_stages = num_stages
         self.transport = transport
@@ -88,6 +93,8 @@ class StepRunner:
         """Run `order` (this rank's actions); returns the loss of each microbatch on the last
         stage. Untimed runs (evaluation) leave the timer's measurements alone."""
         self.losses = {}
+        if self.forward_only:  # forward-only stages run their F actions only
+            order = [a for a in order if a.kind == "F" or a.stage not in self.forward_only]
         self.transport.begin_step(step)
         if timed:
             self.timer.begin_step(step)
@@ -126,7 +133,7 @@ class StepRunner:
             token = timer.start()
             grads = program.backward_input(m, *seeds, frozen=frozen_groups)
             timer.stop(token, s, "I", m, how_frozen)
-            if s > 0:
+            if s > 0 and s - 1 not in self.forward_only:
                 self.transport.put(("grad", s, m), self._grads_to_send(s, m, grads))
             if kind == "I":
                 return

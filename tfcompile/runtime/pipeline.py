@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import os
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from tfcompile import _torch_compat as compat
 from tfcompile.errors import GroupError, RuntimeConfigError
 from tfcompile.runtime.executor import StepRunner, forward_only_order
 from tfcompile.runtime.timers import ActionTimer, median_profile
@@ -76,6 +77,9 @@ class Pipeline:
         failure: FailureSignal | None = None,
         tied_groups: Sequence[tuple[list[str], Any]] = (),
         freezer_factory: Callable[[Pipeline], Freezer] | None = None,
+        forward_only_stages: Collection[int] = (),
+        loss_fn: Callable | None = None,
+        eval_tracer: Callable[[int], StageProgram] | None = None,
     ) -> None:
         """`stage_programs` are this rank's traced stages (stage -> StageProgram) and `order`
         the actions this process runs per step. `grad_specs[stage]` describe the gradients a
@@ -83,7 +87,12 @@ class Pipeline:
         of the last stage's loss (the backward seed). `timer_window` is how many steps of
         timings are kept (a freezer's monitoring window must fit). `failure` is the
         cross-rank failure signal under torchrun; `tied_groups` pairs the model names of
-        parameters held on several ranks with the process group that sums their gradients."""
+        parameters held on several ranks with the process group that sums their gradients.
+        `forward_only_stages` (all ranks' stages that take no part in the backward: nothing in
+        or before them trains) run forward only and get no gradient messages. `eval_tracer(s)`
+        traces local stage `s` into a forward-only evaluation program in the current module
+        modes and autocast state (the last stage without its loss, `loss_fn` is applied by
+        :meth:`evaluate`)."""
         self.model = model
         self.schedule = schedule
         self.specs = list(specs)
@@ -101,9 +110,18 @@ class Pipeline:
         self._execution_schedule: Schedule | None = None
         self.timer = ActionTimer(device, rank, window=timer_window)
         self.last_frozen: dict = {}
+        self.forward_only_stages = frozenset(forward_only_stages)
+        self.loss_fn = loss_fn
+        self._eval_tracer = eval_tracer
+        self._eval_programs: dict[tuple, dict[int, StageProgram]] = {}
         local_grad_specs = {stage: grad_specs[stage] for stage in self.stage_programs}
         self.runner = StepRunner(
-            self.stage_programs, schedule.num_stages, transport, self.timer, local_grad_specs
+            self.stage_programs,
+            schedule.num_stages,
+            transport,
+            self.timer,
+            local_grad_specs,
+            forward_only=self.forward_only_stages,
         )
         if hasattr(transport, "on_arrival"):
             transport.on_arrival = lambda key: self.timer.arrival(key[0], key[1], key[2])
@@ -203,6 +221,11 @@ class Pipeline:
 
         Gradients accumulate into the parameters' .grad (each microbatch's loss is scaled by
         1/microbatches, so they equal eager accumulation of the mean loss).
+
+        The stage programs are fixed to the context of compile(): a step after
+        ``model.eval()`` (or another ``.train()/.eval()`` pattern), under a torch.autocast
+        other than compile()'s, or with gradients disabled (``torch.no_grad()``) is refused
+        with RuntimeConfigError before anything runs. Use :meth:`evaluate` for evaluation.
         """
         decided = {}
         if self.freezer is not None:
@@ -213,6 +236,7 @@ class Pipeline:
         self.last_frozen = frozen
         M = self.num_microbatches
         try:
+            self._check_step_context()
             stage_inputs, target_mbs = self._microbatches(inputs, targets)
             seed = torch.tensor(1.0 / M, dtype=self.loss_dtype, device=self.device)
             losses = self.runner.run_step(
@@ -231,24 +255,80 @@ class Pipeline:
             self.freezer.after_step(self.last_step_seconds(), loss, frozen=frozen)
         return loss
 
-    @torch.no_grad()
-    def evaluate(self, inputs, targets=None) -> float:
-        """Mean loss of a batch, forward only, without touching gradients or the profile.
+    def _check_step_context(self) -> None:
+        """A training step runs in compile()'s context (see :meth:`step`)."""
+        if not torch.is_grad_enabled():
+            raise RuntimeConfigError(
+                "Pipeline.step computes gradients but gradients are disabled here "
+                "(torch.no_grad()/inference_mode): call step outside it, or use "
+                "pipe.evaluate() for a forward-only pass"
+            )
+        for stage, program in self.stage_programs.items():
+            try:
+                program.check_context()
+            except RuntimeConfigError as e:
+                raise RuntimeConfigError(
+                    f"stage {stage}: {e}. Pipeline.step runs the programs traced at "
+                    "compile(): call model.train() (the mode compile() saw) before step, and "
+                    "step in the same torch.autocast context as compile(); pipe.evaluate() "
+                    "honours the current mode"
+                ) from None
 
-        Collective under torchrun; every rank gets the loss.
+    @torch.no_grad()
+    def evaluate(self, inputs, targets=None, *, return_outputs: bool = False):
+        """Mean loss of a batch, forward only, without touching gradients, buffers or the
+        profile. Collective under torchrun; every rank gets the loss.
+
+        Evaluation uses the model's *current* mode: after ``model.eval()`` dropout is off and
+        BatchNorm uses its running statistics; in training mode dropout is on and batch
+        statistics are used, but running statistics are never updated. It runs forward-only
+        programs traced on first use per pattern of the stage modules' training flags and
+        the ambient autocast state (cached), not the training programs. With
+        ``return_outputs=True`` it returns ``(loss, outputs)``: the last stage's outputs
+        (e.g. logits) of the whole batch, microbatches concatenated along dim 0, on the last
+        stage's rank (None on the others).
         """
         M = self.num_microbatches
         stage_inputs, target_mbs = self._microbatches(inputs, targets)
         order = forward_only_order(self.schedule.programs, self.local_stages)
+        programs = dict(self._eval_stage_programs())
+        last = self.num_stages - 1
+        if last in programs:
+            programs[last] = _EvalLastStage(programs[last], self.loss_fn)
+        runner = StepRunner(programs, self.num_stages, self.transport, self.timer, {})
         try:
-            losses = self.runner.run_step(
+            losses = runner.run_step(
                 -1, order, stage_inputs, target_mbs, {}, None, self.lookahead, timed=False
             )
         finally:
-            for program in self.stage_programs.values():
+            for program in programs.values():
                 program.release()
         local = torch.stack([losses[m] for m in range(M)]).mean().item() if losses else None
-        return next(v for v in self._gather(local) if v is not None)
+        loss = next(v for v in self._gather(local) if v is not None)
+        if not return_outputs:
+            return loss
+        outputs = programs[last].gathered_outputs(M) if last in programs else None
+        return loss, outputs
+
+    def _eval_stage_programs(self) -> dict[int, StageProgram]:
+        """Forward-only programs of the local stages for the current module modes and autocast
+        state, traced on first use and cached per pattern."""
+        from tfcompile.trace import autocast_state, training_flags
+
+        if self._eval_tracer is None:
+            raise RuntimeConfigError(
+                "this Pipeline was built without an eval_tracer: build it with "
+                "tfcompile.compile() to evaluate"
+            )
+        key = (
+            tuple(training_flags(self.specs[s].module) for s in self.local_stages),
+            autocast_state(),
+        )
+        programs = self._eval_programs.get(key)
+        if programs is None:
+            programs = {s: self._eval_tracer(s) for s in self.local_stages}
+            self._eval_programs[key] = programs
+        return programs
 
     def _microbatches(self, inputs, targets):
         M = self.num_microbatches
@@ -346,6 +426,34 @@ class Pipeline:
             dist.barrier()
         if self.failure is not None:
             self.failure.stop()
+
+
+class _EvalLastStage:
+    """The last stage in evaluation: its forward-only program (traced without the loss) plus
+    ``loss_fn`` applied eagerly to each microbatch's outputs, which are kept for
+    ``evaluate(return_outputs=True)``."""
+
+    groups: dict = {}
+
+    def __init__(self, program: StageProgram, loss_fn: Callable | None) -> None:
+        if loss_fn is None:
+            raise RuntimeConfigError("evaluate needs the pipeline's loss_fn (from compile())")
+        self.program = program
+        self.loss_fn = loss_fn
+        self.outputs: dict[int, Any] = {}
+
+    def forward(self, mb: int, *inputs, target=None):
+        out = self.program.forward(mb, *inputs)
+        self.outputs[mb] = out
+        return self.loss_fn(out, target)
+
+    def gathered_outputs(self, microbatches: int):
+        flat = [compat.tree_flatten(self.outputs[m]) for m in range(microbatches)]
+        leaves = [torch.cat(parts) for parts in zip(*(f[0] for f in flat))]
+        return compat.tree_unflatten(leaves, flat[0][1])
+
+    def release(self) -> None:
+        self.program.release()
 
 
 __all__ = ["Pipeline"]

@@ -241,7 +241,57 @@ def case_k7_forward_only(schedule: str) -> dict:
     return {"err": err}
 
 
+# ------------------------------------------------------------------ kind 3
+def case_k3_evaluate_eval_mode(schedule: str) -> dict:
+    """BatchNorm + Dropout model trained 2 AdamW steps, then model.eval(): evaluate equals
+    eager eval on every rank, the logits come back on the last stage's rank only (None on the
+    other), and no buffer changes."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5),
+                          nn.Linear(8, 3))
+    g = torch.Generator().manual_seed(4)
+    X, Y = torch.randn(8, 6, generator=g), torch.randint(0, 3, (8,), generator=g)
+    loss = nn.functional.cross_entropy
+    pipe = tfcompile.compile(model, schedule=schedule, microbatches=2, example_inputs=(X[:4],),
+                             loss_fn=loss, example_target=Y[:4], split_points=["3"])
+    opt = torch.optim.AdamW(pipe.parameters(), lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        pipe.step(X, Y)
+        opt.step()
+    model.eval()
+    # every rank holds only its stage's trained parameters: gather the full model state
+    states = pipe.all_gather_object({n: p.detach().clone() for n, p in pipe.named_parameters()})
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for state in states:
+            for n, p in ref.named_parameters():
+                if n in state:
+                    p.copy_(state[n])
+    # the BatchNorm (stage 0) running statistics as rank 0, which holds stage 0, updated them
+    bufs = pipe.all_gather_object({n: b.clone() for n, b in model.named_buffers()})[0]
+    with torch.no_grad():
+        for n, b in ref.named_buffers():
+            b.copy_(bufs[n])
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    with torch.no_grad():
+        logits = torch.cat([ref(a) for a in X.chunk(2)])
+        want = sum(loss(ref(a), b).item() for a, b in zip(X.chunk(2), Y.chunk(2))) / 2
+    got, outs = pipe.evaluate(X, Y, return_outputs=True)
+    errs = {"loss": abs(got - want)}
+    if pipe.has_last_stage:
+        errs["logits"] = (outs - logits).abs().max().item()
+    elif outs is not None:
+        errs["outputs_off_last_rank"] = float("inf")
+    errs["buffers"] = max(
+        (b - before[n]).abs().max().item() for n, b in model.named_buffers()
+    )
+    pipe.close()
+    return {"err": max(errs.values()), "parts": errs}
+
+
 CASES = {
+    "k3_evaluate_eval_mode": case_k3_evaluate_eval_mode,
     "k1_accumulate_two_steps": case_k1_accumulate_two_steps,
     "k6_frozen_everywhere": case_k6_frozen_everywhere,
     "k6_rescale_per_use": case_k6_rescale_per_use,
