@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tfcompile import _torch_compat as compat
 from tfcompile.errors import GroupError, RuntimeConfigError
 from tfcompile.runtime.executor import StepRunner, forward_only_order
 from tfcompile.runtime.timers import ActionTimer, median_profile
@@ -46,6 +47,39 @@ def _split_batch(batch, microbatches: int, what: str) -> list[tuple]:
             )
         chunks_per_tensor.append([c.contiguous() for c in t.chunk(microbatches)])
     return [tuple(chunks) for chunks in zip(*chunks_per_tensor)]
+
+
+def _check_microbatch(
+    got: Sequence[torch.Tensor], specs: Sequence[TensorSpec], M: int, what: str, example: str
+) -> None:
+    """Refuse microbatches other than compile()'s example, naming both shapes and what to do
+    at compile() level (a compiled pipeline has one shape per stage boundary)."""
+    if len(got) != len(specs):
+        raise RuntimeConfigError(
+            f"got {len(got)} {what} tensors, but the pipeline was compiled with {len(specs)} "
+            f"({example}): pass one batch tensor per {example} tensor"
+        )
+    for i, (t, spec) in enumerate(zip(got, specs)):
+        shape = tuple(t.shape)
+        if shape == tuple(spec.shape) and t.dtype == spec.dtype:
+            continue
+        name = what if len(specs) == 1 else f"{what} {i}"
+        if t.dtype != spec.dtype:
+            raise RuntimeConfigError(
+                f"{name} has dtype {t.dtype}, but the pipeline was compiled for {spec.dtype} "
+                f"({example}): pass {spec.dtype} {what}s, or call tfcompile.compile() again "
+                f"with {example} of that dtype"
+            )
+        rows = spec.shape[0] * M if spec.shape else M
+        same_rest = shape[1:] == tuple(spec.shape[1:])
+        batch_shape = (rows, *spec.shape[1:])
+        do = f"batches of {rows} rows" if same_rest else f"batches of shape {batch_shape}"
+        raise RuntimeConfigError(
+            f"{name}: the batch splits into {M} microbatches of shape {shape}, but the "
+            f"pipeline was compiled for microbatches of shape {tuple(spec.shape)} (its "
+            f"{example} are one microbatch): pass {do}, or call tfcompile.compile() again with "
+            f"{example} of one microbatch of the new shape"
+        )
 
 
 class Pipeline:
@@ -204,6 +238,12 @@ class Pipeline:
         Gradients accumulate into the parameters' .grad (each microbatch's loss is scaled by
         1/microbatches, so they equal eager accumulation of the mean loss).
         """
+        try:  # checked before anything runs (freezer, measurement, actions)
+            stage_inputs, target_mbs = self._microbatches(inputs, targets)
+        except BaseException as exc:
+            if self.failure is not None:
+                self.failure.report(self.rank, f"{type(exc).__name__}: {exc}")
+            raise
         decided = {}
         if self.freezer is not None:
             need = self.freezer.measurement_due(self.step_index)
@@ -213,7 +253,6 @@ class Pipeline:
         self.last_frozen = frozen
         M = self.num_microbatches
         try:
-            stage_inputs, target_mbs = self._microbatches(inputs, targets)
             seed = torch.tensor(1.0 / M, dtype=self.loss_dtype, device=self.device)
             losses = self.runner.run_step(
                 self.step_index, self.order, stage_inputs, target_mbs, frozen, seed, self.lookahead
@@ -251,17 +290,34 @@ class Pipeline:
         return next(v for v in self._gather(local) if v is not None)
 
     def _microbatches(self, inputs, targets):
+        """The batch's inputs and targets split into microbatches, checked against the shapes
+        and dtypes compile() traced for (one microbatch of its example_inputs/example_target):
+        a pipeline has static shapes, so others are refused here, in compile()'s terms."""
         M = self.num_microbatches
-        stage_inputs = (
-            [tuple(t.to(self.device) for t in mb) for mb in _split_batch(inputs, M, "input")]
-            if self.has_first_stage
-            else []
-        )
+        stage_inputs = []
+        if self.has_first_stage:
+            stage_inputs = [
+                tuple(t.to(self.device) for t in mb) for mb in _split_batch(inputs, M, "input")
+            ]
+            specs = self.stage_programs[0].traced.input_specs
+            _check_microbatch(stage_inputs[0], specs, M, "input", "example_inputs")
         target_mbs = None
         if self.has_last_stage:
             if targets is None:
                 raise RuntimeConfigError("the last stage needs targets: step(inputs, targets)")
-            target_mbs = [mb[0].to(self.device) for mb in _split_batch(targets, M, "target")]
+            traced = self.stage_programs[self.num_stages - 1].traced
+            leaves, tree = compat.tree_flatten(targets)
+            if traced.target_spec is not None and tree != traced.target_spec:
+                raise RuntimeConfigError(
+                    f"targets are structured as {tree}, but the pipeline was compiled with "
+                    f"example_target structured as {traced.target_spec}: pass targets of "
+                    "the same structure (a tensor, tuple or dict like example_target)"
+                )
+            chunks = _split_batch(tuple(leaves), M, "target")
+            _check_microbatch(chunks[0], traced.target_specs, M, "target", "example_target")
+            target_mbs = [
+                compat.tree_unflatten([t.to(self.device) for t in mb], tree) for mb in chunks
+            ]
         return stage_inputs, target_mbs
 
     def _reduce_tied_grads(self) -> None:
