@@ -238,12 +238,8 @@ class Pipeline:
         Gradients accumulate into the parameters' .grad (each microbatch's loss is scaled by
         1/microbatches, so they equal eager accumulation of the mean loss).
         """
-        try:  # checked before anything runs (freezer, measurement, actions)
-            stage_inputs, target_mbs = self._microbatches(inputs, targets)
-        except BaseException as exc:
-            if self.failure is not None:
-                self.failure.report(self.rank, f"{type(exc).__name__}: {exc}")
-            raise
+        # checked before anything runs (freezer, measurement, actions)
+        stage_inputs, target_mbs = self._microbatches(inputs, targets)
         decided = {}
         if self.freezer is not None:
             need = self.freezer.measurement_due(self.step_index)
@@ -292,7 +288,16 @@ class Pipeline:
     def _microbatches(self, inputs, targets):
         """The batch's inputs and targets split into microbatches, checked against the shapes
         and dtypes compile() traced for (one microbatch of its example_inputs/example_target):
-        a pipeline has static shapes, so others are refused here, in compile()'s terms."""
+        a pipeline has static shapes, so others are refused here, in compile()'s terms. Under
+        torchrun a refusal reaches the peer ranks through the failure signal."""
+        try:
+            return self._split_microbatches(inputs, targets)
+        except BaseException as exc:
+            if self.failure is not None:
+                self.failure.report(self.rank, f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _split_microbatches(self, inputs, targets):
         M = self.num_microbatches
         stage_inputs = []
         if self.has_first_stage:
