@@ -330,9 +330,8 @@ def _aot_graphs(
         if compat.is_data_dependent_error(e):
             raise TraceError(
                 f"{_user_frame(e)}{type(module).__name__} has Python control flow that depends "
-                "on tensor "
-                f"values (e.g. `if x.sum() > 0:` or `.item()`), which a traced graph cannot "
-                "represent. Rewrite it with tensor ops (torch.where, masking) or move the "
+                "on tensor values (e.g. `if x.sum() > 0:` or `.item()`), which a traced graph "
+                "cannot represent. Rewrite it with tensor ops (torch.where, masking) or move the "
                 f"decision out of forward. Original error: {type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}"
             ) from e
