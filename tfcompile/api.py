@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from tfcompile import _torch_compat as compat
 from tfcompile import schedules
-from tfcompile.errors import RuntimeConfigError
+from tfcompile.errors import RuntimeConfigError, TraceError
 from tfcompile.freeze.config import FreezeConfig
 from tfcompile.runtime import distributed
 from tfcompile.runtime.executor import interleave
@@ -38,8 +39,25 @@ def _group_spec(groups, spec: StageSpec, model_names: set[str]):
     return stage_groups(groups, spec, model_names)
 
 
-def _float_specs(tensors: Sequence[torch.Tensor], device) -> tuple[TensorSpec, ...]:
+def _specs(tensors: Sequence[torch.Tensor], device) -> tuple[TensorSpec, ...]:
+    """Specs of every tensor of a stage boundary (activations: masks and ids included)."""
     return tuple(TensorSpec(tuple(t.shape), t.dtype, device) for t in tensors)
+
+
+def _float_specs(tensors: Sequence[torch.Tensor], device) -> tuple[TensorSpec, ...]:
+    """Specs of the tensors that get a gradient (floating point), in order: what a gradient
+    message holds. Non-float tensors (a boolean mask, position ids) travel without one."""
+    return _specs([t for t in tensors if _gets_grad(t)], device)
+
+
+def _gets_grad(t: torch.Tensor) -> bool:
+    return t.is_floating_point() or t.is_complex()
+
+
+def _to(tree, device):
+    """A tensor or pytree of tensors moved to `device`."""
+    leaves, spec = compat.tree_flatten(tree)
+    return compat.tree_unflatten([t.to(device) for t in leaves], spec)
 
 
 def compile(  # noqa: A001 - the public name the design asks for
@@ -50,7 +68,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     microbatches: int = 4,
     example_inputs=None,
     loss_fn: Callable | None = None,
-    example_target: torch.Tensor | None = None,
+    example_target=None,
     split_points: Sequence[str] | None = None,
     groups="block",
     freeze: FreezeConfig | None = None,
@@ -64,7 +82,10 @@ def compile(  # noqa: A001 - the public name the design asks for
     Under torchrun (WORLD_SIZE > 1) each rank traces only its own stages and talks to the
     others over torch.distributed; otherwise every stage runs in this process (`ranks` then
     says how many pipeline ranks the schedule has). example_inputs and example_target are one
-    microbatch's. Every parameter after `model` is keyword-only.
+    microbatch's; example_target (and the targets given to step) may be a tensor or a pytree
+    of tensors (loss_fn gets the same structure). Stages may pass several tensors, non-float
+    ones (a boolean mask, position ids) included: those get no gradient. Every parameter after
+    `model` is keyword-only.
     """
     if example_inputs is None or loss_fn is None or example_target is None:
         raise RuntimeConfigError(
@@ -170,19 +191,18 @@ def _check_schedule(sched: Schedule, *, ranks: int, stages: int | None) -> None:
 def _check_split(
     specs: Sequence[StageSpec], stage_inputs: Sequence[tuple], sched: Schedule
 ) -> None:
-    """The split must give the schedule's stage count, and stages must pass floating-point
-    activations (gradients flow back through them)."""
+    """The split must give the schedule's stage count, and stages must pass tensors (any
+    dtype: non-float ones travel without a gradient)."""
     if len(specs) != sched.num_stages:
         raise RuntimeConfigError(
             f"the split gives {len(specs)} stages but the schedule has {sched.num_stages}"
         )
     for s, values in enumerate(stage_inputs[1:], start=1):
-        bad = [str(v.dtype) for v in values if not v.is_floating_point()]
+        bad = [type(v).__name__ for v in values if not isinstance(v, torch.Tensor)]
         if bad:
             raise RuntimeConfigError(
-                f"stage {s} receives non-floating tensors ({bad}) from stage {s - 1}; "
-                "pipeline stages must exchange floating-point activations, so choose split "
-                "points after the embedding"
+                f"stage {s} receives {bad} from stage {s - 1} ({specs[s - 1].block_names[-1]}); "
+                "blocks at a stage boundary must return a tensor or a tuple of tensors"
             )
 
 
@@ -193,7 +213,7 @@ def _trace_local_stages(
     local: Sequence[int],
     *,
     loss_fn: Callable,
-    example_target: torch.Tensor,
+    example_target,
     groups,
     device: torch.device,
     forward_only: frozenset[int] = frozenset(),
@@ -212,16 +232,19 @@ def _trace_local_stages(
         spec = specs[s]
         spec.module.to(device)
         inputs = tuple(t.detach().to(device) for t in stage_inputs[s])
-        if s > 0 and s - 1 not in forward_only:
-            inputs = tuple(t.requires_grad_(True) for t in inputs)
+        if s > 0 and s - 1 not in forward_only:  # masks and ids travel without gradients
+            inputs = tuple(t.requires_grad_(_gets_grad(t)) for t in inputs)
         last = s == last_stage
-        programs[s] = trace_stage(
-            spec.module,
-            inputs,
-            loss_fn=loss_fn if last else None,
-            example_target=example_target.to(device) if last else None,
-            groups=_group_spec(groups, spec, model_names),
-        )
+        try:
+            programs[s] = trace_stage(
+                spec.module,
+                inputs,
+                loss_fn=loss_fn if last else None,
+                example_target=_to(example_target, device) if last else None,
+                groups=_group_spec(groups, spec, model_names),
+            )
+        except TraceError as e:  # say which of the model's blocks the stage holds
+            raise TraceError(f"stage {s} (blocks {', '.join(spec.block_names)}): {e}") from e
         if last:
             with torch.no_grad():
                 out = spec.module(*stage_inputs[s])
@@ -267,7 +290,7 @@ def _check_same_config(
     sched: Schedule,
     specs: Sequence[StageSpec],
     example_inputs: tuple,
-    example_target: torch.Tensor,
+    example_target,
     proc: _Process,
 ) -> None:
     """Every rank must have compiled the same pipeline (collective; names the difference)."""
@@ -276,7 +299,9 @@ def _check_same_config(
         "stages": sched.num_stages,
         "microbatches": sched.num_microbatches,
         "example_inputs": [(tuple(t.shape), str(t.dtype)) for t in example_inputs],
-        "example_target": (tuple(example_target.shape), str(example_target.dtype)),
+        "example_target": [
+            (tuple(t.shape), str(t.dtype)) for t in compat.tree_flatten(example_target)[0]
+        ],
         "params": distributed.fingerprint(
             [(n, tuple(p.shape), str(p.dtype)) for n, p in model.named_parameters()]
         ),
@@ -298,7 +323,7 @@ def _make_transport(
     if not proc.distributed:
         return LocalTransport(), interleave(sched)
     n = len(stage_inputs)
-    act_specs = {("act", s): _float_specs(stage_inputs[s + 1], proc.device) for s in range(n - 1)}
+    act_specs = {("act", s): _specs(stage_inputs[s + 1], proc.device) for s in range(n - 1)}
     grad_specs = {("grad", s): _float_specs(stage_inputs[s], proc.device) for s in range(1, n)}
     transport = DistTransport(
         proc.rank,

@@ -106,8 +106,9 @@ class StageProgram:
     forward_only = property(lambda self: self.traced.forward_only)
 
     # -- execution
-    def forward(self, mb: int, *inputs: torch.Tensor, target: torch.Tensor | None = None):
-        """Run the forward of microbatch `mb`; keeps what its backward needs.
+    def forward(self, mb: int, *inputs: torch.Tensor, target: Any = None):
+        """Run the forward of microbatch `mb`; keeps what its backward needs. A loss stage's
+        `target` has the structure of the example target (a tensor or a pytree of tensors).
 
         Refused (RuntimeConfigError) when a submodule's ``training`` flag or the ambient
         autocast state differs from the traced one: the graphs are fixed to that context
@@ -116,7 +117,7 @@ class StageProgram:
         nothing (its backward is a no-op)."""
         t = self.traced
         self.check_context()
-        self._check_inputs(inputs, target)
+        target_leaves = self._check_inputs(inputs, target)
         if mb in self._state:
             raise RuntimeConfigError(
                 f"microbatch {mb} already has a pending forward on this stage: run its "
@@ -128,7 +129,7 @@ class StageProgram:
             *(x.detach() for x in inputs),
         ]
         if t.is_loss_stage:
-            args.append(target)
+            args.extend(target_leaves)
         with torch.no_grad():
             outs = self._forward_fn(args)
         n_mut, n_user = len(t.mutated_buffers), t.num_outputs
@@ -280,7 +281,8 @@ class StageProgram:
             fn = self._region_fns[key] = self.backend.region(region)
         return fn
 
-    def _check_inputs(self, inputs: Sequence[Any], target: Any) -> None:
+    def _check_inputs(self, inputs: Sequence[Any], target: Any) -> list[torch.Tensor]:
+        """Refuse inputs or a target other than the traced ones; returns the target's leaves."""
         specs = self.traced.input_specs
         if len(inputs) != len(specs):
             raise TraceError(
@@ -295,8 +297,11 @@ class StageProgram:
                     f"input {i} has shape {tuple(x.shape)} and dtype {x.dtype}, the stage was "
                     f"traced for {spec.shape} {spec.dtype}: trace a program per shape/dtype"
                 )
-        if self.is_loss_stage and target is None:
+        if not self.is_loss_stage:
+            return []
+        if target is None:
             raise TraceError("this is a loss stage: pass target= to forward")
+        return _check_target(target, self.traced.target_spec, self.traced.target_specs)
 
     def _frozen_set(self, frozen: Iterable[str] | None) -> frozenset[str]:
         frozen = frozenset(frozen or ())
@@ -350,6 +355,28 @@ class StageProgram:
 def _autocast_text(state: tuple) -> str:
     on = [f"{dev}:{dtype}".replace("torch.", "") for dev, enabled, dtype in state if enabled]
     return ",".join(on) if on else "off"
+
+
+def _check_target(target: Any, tree_spec: Any, specs: Sequence[Any]) -> list[torch.Tensor]:
+    """The target's leaves, refused when its structure, shapes or dtypes differ from the example
+    target's (the traced graph is fixed to them)."""
+    leaves, got_spec = compat.tree_flatten(target)
+    if tree_spec is not None and got_spec != tree_spec:
+        raise TraceError(
+            f"target has the structure {got_spec}, the stage was traced for {tree_spec}: pass "
+            "targets structured like example_target"
+        )
+    for i, (x, spec) in enumerate(zip(leaves, specs)):
+        where = "target" if len(specs) == 1 else f"target leaf {i}"
+        if not isinstance(x, torch.Tensor):
+            raise TraceError(f"{where} is {type(x).__name__}, expected a tensor")
+        if tuple(x.shape) != spec.shape or x.dtype != spec.dtype:
+            raise TraceError(
+                f"{where} has shape {tuple(x.shape)} and dtype {x.dtype}, the stage was traced "
+                f"for {spec.shape} {spec.dtype} (example_target): pass targets of that shape "
+                "and dtype"
+            )
+    return leaves
 
 
 def _check_unmodified(mb: int, versions: Sequence[tuple[int, torch.Tensor, int]]) -> None:

@@ -17,6 +17,7 @@ and keep their original names.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -28,13 +29,31 @@ from tfcompile.errors import RuntimeConfigError
 from tfcompile.groups import groups_by_block
 
 
+class StageBlocks(nn.Sequential):
+    """A stage module: its blocks composed exactly as the composition check composes them
+    (:func:`_run_blocks`: a tuple output is passed on as separate arguments of the next block).
+    Children and parameter names are nn.Sequential's ("0.weight", ...)."""
+
+    def forward(self, *values):
+        values = _run_blocks(list(self), values)
+        return values[0] if len(values) == 1 else values
+
+
+def as_stage_blocks(module: nn.Module) -> nn.Module:
+    """A plain nn.Sequential viewed as :class:`StageBlocks` (same child modules, so the same
+    parameter objects and names); any other module unchanged."""
+    if type(module) is nn.Sequential:
+        return StageBlocks(OrderedDict(module._modules))
+    return module
+
+
 @dataclass
 class StageSpec:
     """One pipeline stage: its blocks and how its parameter names map to the model's."""
 
     index: int
     block_names: list[str]
-    module: nn.Sequential
+    module: StageBlocks
     param_names: dict[str, str] = field(default_factory=dict)  # stage name -> model name
 
     def groups_by_block(self) -> dict[str, list[str]]:
@@ -171,7 +190,7 @@ def split_model(
     stages = []
     for index in range(len(cuts)):
         chunk = blocks[bounds[index] : bounds[index + 1]]
-        module = nn.Sequential(*[m for _, m in chunk])
+        module = StageBlocks(*[m for _, m in chunk])
         param_names = {}
         for stage_name, param in module.named_parameters(remove_duplicate=False):
             if id(param) in model_names:

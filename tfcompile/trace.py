@@ -21,6 +21,8 @@ others raises TraceError (trace one program per shape).
 from __future__ import annotations
 
 import inspect
+import os
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +38,7 @@ from tfcompile.passes.flops import graph_flops
 from tfcompile.passes.roles import OUTPUT_GROUPS, OUTPUT_ROLES, ROLE, output_node
 from tfcompile.passes.split_weight_grad import INPUT, SplitBackward, split_weight_grad
 from tfcompile.program import StageProgram
+from tfcompile.split import as_stage_blocks
 from tfcompile.tensor_spec import TensorSpec
 
 __all__ = ["ROOT_GROUP", "StageProgram", "TracedStage", "resolve_groups", "trace_stage"]
@@ -84,6 +87,10 @@ class TracedStage:
     autocast_state: tuple = ()
     # no backward (kind 7): nothing needs a gradient; bw_graph and split are None, no groups
     forward_only: bool = False
+    # a loss stage's target: the pytree spec that rebuilds it from its leaves (graph inputs
+    # after the stage inputs) and each leaf's shape/dtype/device
+    target_spec: Any = None
+    target_specs: tuple[TensorSpec, ...] = ()
 
 
 def trace_stage(
@@ -91,7 +98,7 @@ def trace_stage(
     example_inputs: Sequence[torch.Tensor] | torch.Tensor,
     *,
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
-    example_target: torch.Tensor | None = None,
+    example_target: Any = None,
     groups: GroupChoice = "block",
     input_requires_grad: Sequence[bool] | None = None,
     forward_only: bool = False,
@@ -103,8 +110,10 @@ def trace_stage(
     bool per input) says so; integer token ids and inputs without ``requires_grad`` get None,
     and then the backward stops at the earliest unfrozen group.
     With ``loss_fn`` (last stage) the loss ``loss_fn(outputs, target)`` is part of the forward
-    and must be a scalar; pass ``example_target``. The program's ``traced`` field is the
-    :class:`TracedStage`.
+    and must be a scalar; pass ``example_target`` (a tensor or a pytree of tensors, e.g.
+    ``(labels, mask)`` or a dict: loss_fn receives the same structure). A plain nn.Sequential
+    composes its blocks as compile()'s stages do (a tuple output is passed on as separate
+    arguments). The program's ``traced`` field is the :class:`TracedStage`.
 
     The graphs are fixed to the context of the call: every submodule's ``training`` flag
     (dropout, batch statistics) and the ambient autocast state are recorded on the TracedStage,
@@ -116,18 +125,20 @@ def trace_stage(
     forward-only program: no groups, ``backward_input`` returns None per input and
     ``backward_weight`` does nothing.
     """
-    inputs = _check_example(module, example_inputs, loss_fn, example_target)
+    call = as_stage_blocks(module)  # same children and parameter names as `module`
+    inputs = _check_example(call, example_inputs, loss_fn, example_target)
+    t_leaves, t_spec = _target_leaves(example_target) if loss_fn is not None else ([], None)
     group_map = resolve_groups(module, groups)
     params = dict(module.named_parameters())
     buffers = dict(module.named_buffers())
     param_names, buffer_names = tuple(params), tuple(buffers)
     is_loss = loss_fn is not None
-    eager_out, probed = _mutated_buffers(module, params, buffers, inputs)
+    eager_out, probed = _mutated_buffers(call, params, buffers, inputs)
     needs_grad = _input_grad_flags(inputs, input_requires_grad)
     if forward_only:
         needs_grad = [False] * len(inputs)
 
-    fn = _stage_fn(module, param_names, buffer_names, len(inputs), loss_fn)
+    fn = _stage_fn(call, param_names, buffer_names, len(inputs), loss_fn, t_spec)
     args = [
         *(
             params[n].detach().requires_grad_(params[n].requires_grad and not forward_only)
@@ -137,7 +148,7 @@ def trace_stage(
         *(x.detach().requires_grad_(needs) for x, needs in zip(inputs, needs_grad)),
     ]
     if is_loss:
-        args.append(example_target.detach())
+        args.extend(t.detach() for t in t_leaves)
     fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(module, fn, args, len(params) + len(buffers))
     if bw_gm is None:  # kind 7: nothing needs a gradient
         return StageProgram(
@@ -152,10 +163,10 @@ def trace_stage(
     device = args[0].device if params else (inputs[0].device if inputs else None)
     tangent_specs = _tangent_specs(bw_gm, outs, is_loss, device or torch.device("cpu"))
     labels = _label_backward_outputs(
-        bw_gm, param_names, len(buffers), group_map, needs_grad, is_loss
+        bw_gm, param_names, len(buffers), group_map, needs_grad, len(t_leaves)
     )
     group_order = _forward_order(fw_gm, param_names, group_map)
-    _write_roles(fw_gm, bw_gm, param_names, buffer_names, len(inputs), is_loss, outs, labels)
+    _write_roles(fw_gm, bw_gm, param_names, buffer_names, len(inputs), len(t_leaves), outs, labels)
     split = split_weight_grad(bw_gm, labels, group_order)
     n_pb = len(params) + len(buffers)
     traced = TracedStage(
@@ -186,6 +197,8 @@ def trace_stage(
         forward_flops=graph_flops(fw_gm),
         training_flags=training_flags(module),
         autocast_state=autocast_state(),
+        target_spec=t_spec,
+        target_specs=tuple(TensorSpec.of(t) for t in t_leaves),
     )
     return StageProgram(traced)
 
@@ -296,6 +309,18 @@ def _check_example(
     return example_inputs
 
 
+def _target_leaves(example_target: Any) -> tuple[list[torch.Tensor], Any]:
+    """The target's tensor leaves and the pytree spec that rebuilds it for loss_fn."""
+    leaves, spec = compat.tree_flatten(example_target)
+    for i, t in enumerate(leaves):
+        if not isinstance(t, torch.Tensor):
+            raise TraceError(
+                f"example_target leaf {i} is {type(t).__name__}: the target must be a tensor "
+                "or a tuple/list/dict of tensors"
+            )
+    return leaves, spec
+
+
 def _check_arity(module: nn.Module, inputs: Sequence[Any]) -> None:
     """Refuse example inputs that forward's signature cannot take (one tensor per argument is
     the convention a stage is called with), naming the signature."""
@@ -379,9 +404,11 @@ def _stage_fn(
     buffer_names: Sequence[str],
     n_in: int,
     loss_fn: Callable | None,
+    target_spec: Any = None,
 ) -> Callable[..., Any]:
     """The function AOTAutograd traces: parameters and buffers as flat inputs (so they are graph
-    placeholders, not constants), then the inputs, then the target of a loss stage."""
+    placeholders, not constants), then the inputs, then the target leaves of a loss stage
+    (rebuilt into the target's structure for loss_fn)."""
     n_p, n_b = len(param_names), len(buffer_names)
 
     def stage_fn(*args):
@@ -390,7 +417,7 @@ def _stage_fn(
         out = torch.func.functional_call(module, p, args[n_p + n_b : n_p + n_b + n_in])
         if loss_fn is None:
             return out
-        loss = loss_fn(out, args[-1])
+        loss = loss_fn(out, compat.tree_unflatten(list(args[n_p + n_b + n_in :]), target_spec))
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or loss.dim() != 0:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)
             raise _LossShapeError(
@@ -414,14 +441,40 @@ def _aot_graphs(
     except Exception as e:  # noqa: BLE001
         if compat.is_data_dependent_error(e):
             raise TraceError(
-                f"{type(module).__name__} has Python control flow that depends on tensor "
-                f"values (e.g. `if x.sum() > 0:` or `.item()`), which a traced graph cannot "
-                "represent. Rewrite it with tensor ops (torch.where, masking) or move the "
+                f"{_user_frame(e)}{type(module).__name__} has Python control flow that depends "
+                "on tensor values (e.g. `if x.sum() > 0:` or `.item()`), which a traced graph "
+                "cannot represent. Rewrite it with tensor ops (torch.where, masking) or move the "
                 f"decision out of forward. Original error: {type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}"
             ) from e
         raise TraceError(f"tracing {type(module).__name__} failed: {type(e).__name__}: {e}") from e
     return fw_gm, bw_gm, num_fwd_outputs
+
+
+# torch's and tfcompile's own directories: frames there are never "the user's code"
+_SKIP_DIRS = tuple(
+    os.path.dirname(os.path.abspath(f)) + os.sep for f in (torch.__file__, __file__)
+)
+
+
+def _user_frame(exc: BaseException) -> str:
+    """``"file:line: `code`\n"`` of the innermost traceback frame outside torch/ and tfcompile/
+    (the user's or a library's code that made the data-dependent decision), over the whole
+    exception chain (torch re-raises; the deepest chained traceback reaches the user's frame).
+    Empty when there is none."""
+    best = None
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        for fr in traceback.extract_tb(e.__traceback__):
+            path = os.path.abspath(fr.filename)
+            if not path.startswith(_SKIP_DIRS) and not fr.filename.startswith("<"):
+                best = fr  # later frames in a traceback are deeper; later links are deeper
+        e = e.__cause__ or e.__context__
+    if best is None:
+        return ""
+    return f"{best.filename}:{best.lineno}: `{(best.line or '').strip()}`\n"
 
 
 @dataclass(frozen=True)
@@ -522,7 +575,7 @@ def _label_backward_outputs(
     n_buffers: int,
     group_map: Mapping[str, Sequence[str]],
     input_needs_grad: Sequence[bool],
-    is_loss: bool,
+    n_targets: int,
 ) -> list[str | None]:
     """The label ``split_weight_grad`` needs for each backward output: the group of a parameter
     gradient, INPUT for an input gradient the caller wants, None for everything else (buffers,
@@ -531,8 +584,7 @@ def _label_backward_outputs(
     labels: list[str | None] = [param_group.get(n) for n in param_names]
     labels += [None] * n_buffers
     labels += [INPUT if needs else None for needs in input_needs_grad]
-    if is_loss:
-        labels.append(None)  # the target
+    labels += [None] * n_targets  # the target's leaves
     bw_outs = list(output_node(bw_gm).args[0])
     if len(bw_outs) != len(labels):
         raise TraceError(f"backward graph has {len(bw_outs)} outputs, expected {len(labels)}")
@@ -562,7 +614,7 @@ def _write_roles(
     param_names: Sequence[str],
     buffer_names: Sequence[str],
     n_inputs: int,
-    is_loss: bool,
+    n_targets: int,
     outs: _Outputs,
     labels: Sequence[str | None],
 ) -> None:
@@ -573,7 +625,7 @@ def _write_roles(
         *(f"param {n}" for n in param_names),
         *(f"buffer {n}" for n in buffer_names),
         *(f"input {i}" for i in range(n_inputs)),
-        *(["target"] if is_loss else []),
+        *(["target"] if n_targets == 1 else [f"target {i}" for i in range(n_targets)]),
     ]
     for node, role in zip((n for n in fw_gm.graph.nodes if n.op == "placeholder"), primal):
         _set_meta(node, ROLE, role)

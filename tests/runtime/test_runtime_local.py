@@ -182,23 +182,56 @@ def test_bad_inputs_raise_clear_errors():
 
 
 class PassesTokens(nn.Module):
+    """Embeds the tokens and passes them on (integer) with the hidden state."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(8, 4)
+
     def forward(self, tokens):
-        return tokens + 1
+        return self.emb(tokens), tokens + 1
 
 
-def test_integer_activations_between_stages_are_refused():
-    model = nn.Sequential(PassesTokens(), nn.Embedding(8, 4), nn.Flatten(), nn.Linear(8, 2))
-    with pytest.raises(RuntimeConfigError, match="non-floating"):
-        tfcompile.compile(
-            model,
-            schedule="1F1B",
-            stages=2,
-            microbatches=2,
-            split_points=["1"],
-            example_inputs=(torch.zeros(2, 2, dtype=torch.long),),
-            loss_fn=nn.functional.cross_entropy,
-            example_target=torch.zeros(2, dtype=torch.long),
-        )
+class UsesTokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(9, 4)
+
+    def forward(self, h, tokens):
+        return h * self.emb(tokens)
+
+
+def test_integer_activations_between_stages_travel_without_gradients():
+    """Integer tensors may cross a stage boundary (issue 11 kind 5): no gradient is computed or
+    sent for them, and training equals eager on a copy."""
+    torch.manual_seed(0)
+    model = nn.Sequential(PassesTokens(), UsesTokens(), nn.Flatten(), nn.Linear(8, 2))
+    ref = copy.deepcopy(model)
+    x = torch.randint(0, 8, (4, 2), generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 1, 0])
+    pipe = tfcompile.compile(
+        model,
+        schedule="1F1B",
+        stages=2,
+        microbatches=2,
+        split_points=["1"],
+        example_inputs=(x[:2],),
+        loss_fn=nn.functional.cross_entropy,
+        example_target=y[:2],
+    )
+    stage1 = pipe.stage_programs[1]
+    assert stage1.input_requires_grad == (True, False)
+    assert [s.dtype for s in stage1.traced.input_specs] == [torch.float32, torch.int64]
+    loss = pipe.step(x, y)
+    want = 0.0
+    for xm, ym in zip(x.chunk(2), y.chunk(2)):
+        mb_loss = nn.functional.cross_entropy(ref[3](ref[2](ref[1](*ref[0](xm)))), ym) / 2
+        mb_loss.backward()
+        want += mb_loss.item()
+    assert abs(loss - want) < 1e-6
+    refs = dict(ref.named_parameters())
+    for name, p in pipe.named_parameters():
+        torch.testing.assert_close(p.grad, refs[name].grad, rtol=0, atol=1e-6)
 
 
 class NotAComposition(nn.Module):

@@ -52,6 +52,10 @@ def frozen_state(frozen_groups: frozenset[str], groups) -> str:
     return "all" if len(frozen_groups) >= len(groups) else "some"
 
 
+def _gets_grad(dtype: torch.dtype) -> bool:
+    return dtype.is_floating_point or dtype.is_complex
+
+
 def as_tuple(value) -> tuple:
     return value if isinstance(value, tuple) else (value,)
 
@@ -129,7 +133,7 @@ class StepRunner:
         frozen_groups = frozen.get((s, m), EMPTY)
         how_frozen = frozen_state(frozen_groups, program.groups)
         if kind in ("B", "I"):
-            seeds = (loss_seed,) if last else self.transport.take(("grad", s + 1, m))
+            seeds = (loss_seed,) if last else self._received_grads(s, m)
             token = timer.start()
             grads = program.backward_input(m, *seeds, frozen=frozen_groups)
             timer.stop(token, s, "I", m, how_frozen)
@@ -141,9 +145,26 @@ class StepRunner:
         program.backward_weight(m, frozen=frozen_groups)
         timer.stop(token, s, "W", m, how_frozen)
 
+    def _received_grads(self, stage: int, microbatch: int) -> tuple:
+        """The gradients of the stage's outputs from the next stage's message, which holds one
+        per floating-point output (non-float outputs, e.g. a boolean mask, get None)."""
+        grads = self.transport.take(("grad", stage + 1, microbatch))
+        traced = self.programs[stage].traced
+        if len(grads) == traced.num_outputs:
+            return tuple(grads)
+        full: list = [None] * traced.num_outputs
+        for index, grad in zip(traced.tangent_outputs, grads):
+            full[index] = grad
+        return tuple(full)
+
     def _grads_to_send(self, stage: int, microbatch: int, grads) -> tuple:
-        """Gradients of the stage's inputs; an input that got none sends zeros."""
+        """Gradients of the stage's floating-point inputs (the ones a gradient message holds;
+        masks and ids get none); an input that got none sends zeros."""
         specs = self.grad_specs[stage]
+        float_inputs = [
+            i for i, x in enumerate(self.programs[stage].traced.input_specs) if _gets_grad(x.dtype)
+        ]
+        grads = [grads[i] for i in float_inputs]
         out = []
         for grad, spec in zip(grads, specs):
             if grad is None:

@@ -6,6 +6,7 @@ this rank's traced stages and leaves gradients on the parameters for the user's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import traceback
@@ -47,6 +48,39 @@ def _split_batch(batch, microbatches: int, what: str) -> list[tuple]:
             )
         chunks_per_tensor.append([c.contiguous() for c in t.chunk(microbatches)])
     return [tuple(chunks) for chunks in zip(*chunks_per_tensor)]
+
+
+def _check_microbatch(
+    got: Sequence[torch.Tensor], specs: Sequence[TensorSpec], M: int, what: str, example: str
+) -> None:
+    """Refuse microbatches other than compile()'s example, naming both shapes and what to do
+    at compile() level (a compiled pipeline has one shape per stage boundary)."""
+    if len(got) != len(specs):
+        raise RuntimeConfigError(
+            f"got {len(got)} {what} tensors, but the pipeline was compiled with {len(specs)} "
+            f"({example}): pass one batch tensor per {example} tensor"
+        )
+    for i, (t, spec) in enumerate(zip(got, specs)):
+        shape = tuple(t.shape)
+        if shape == tuple(spec.shape) and t.dtype == spec.dtype:
+            continue
+        name = what if len(specs) == 1 else f"{what} {i}"
+        if t.dtype != spec.dtype:
+            raise RuntimeConfigError(
+                f"{name} has dtype {t.dtype}, but the pipeline was compiled for {spec.dtype} "
+                f"({example}): pass {spec.dtype} {what}s, or call tfcompile.compile() again "
+                f"with {example} of that dtype"
+            )
+        rows = spec.shape[0] * M if spec.shape else M
+        same_rest = shape[1:] == tuple(spec.shape[1:])
+        batch_shape = (rows, *spec.shape[1:])
+        do = f"batches of {rows} rows" if same_rest else f"batches of shape {batch_shape}"
+        raise RuntimeConfigError(
+            f"{name}: the batch splits into {M} microbatches of shape {shape}, but the "
+            f"pipeline was compiled for microbatches of shape {tuple(spec.shape)} (its "
+            f"{example} are one microbatch): pass {do}, or call tfcompile.compile() again with "
+            f"{example} of one microbatch of the new shape"
+        )
 
 
 class Pipeline:
@@ -227,6 +261,11 @@ class Pipeline:
         other than compile()'s, or with gradients disabled (``torch.no_grad()``) is refused
         with RuntimeConfigError before anything runs. Use :meth:`evaluate` for evaluation.
         """
+        # refused before anything runs (freezer, measurement, actions); under torchrun the
+        # refusal reaches the peer ranks through the failure signal
+        with self._reporting_failures():
+            self._check_step_context()
+            stage_inputs, target_mbs = self._split_microbatches(inputs, targets)
         decided = {}
         if self.freezer is not None:
             need = self.freezer.measurement_due(self.step_index)
@@ -235,20 +274,12 @@ class Pipeline:
         frozen = self._check_frozen(decided if frozen is None else frozen)
         self.last_frozen = frozen
         M = self.num_microbatches
-        try:
-            self._check_step_context()
-            stage_inputs, target_mbs = self._microbatches(inputs, targets)
+        with self._reporting_failures(with_traceback=True):
             seed = torch.tensor(1.0 / M, dtype=self.loss_dtype, device=self.device)
             losses = self.runner.run_step(
                 self.step_index, self.order, stage_inputs, target_mbs, frozen, seed, self.lookahead
             )
             self._reduce_tied_grads()
-        except BaseException as exc:
-            if self.failure is not None:
-                self.failure.report(
-                    self.rank, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-                )
-            raise
         self.step_index += 1
         loss = torch.stack([losses[m] for m in range(M)]).mean().item() if losses else None
         if self.freezer is not None:
@@ -331,17 +362,53 @@ class Pipeline:
         return programs
 
     def _microbatches(self, inputs, targets):
+        """The batch's inputs and targets split into microbatches, checked against the shapes
+        and dtypes compile() traced for (one microbatch of its example_inputs/example_target):
+        a pipeline has static shapes, so others are refused here, in compile()'s terms. Under
+        torchrun a refusal reaches the peer ranks through the failure signal."""
+        with self._reporting_failures():
+            return self._split_microbatches(inputs, targets)
+
+    @contextlib.contextmanager
+    def _reporting_failures(self, with_traceback: bool = False) -> Iterator[None]:
+        """Publish an exception raised inside to the other ranks (torchrun's failure signal),
+        so that they raise its root cause instead of waiting for this rank until the timeout."""
+        try:
+            yield
+        except BaseException as exc:
+            if self.failure is not None:
+                text = f"{type(exc).__name__}: {exc}"
+                self.failure.report(
+                    self.rank, f"{text}\n{traceback.format_exc()}" if with_traceback else text
+                )
+            raise
+
+    def _split_microbatches(self, inputs, targets):
         M = self.num_microbatches
-        stage_inputs = (
-            [tuple(t.to(self.device) for t in mb) for mb in _split_batch(inputs, M, "input")]
-            if self.has_first_stage
-            else []
-        )
+        stage_inputs = []
+        if self.has_first_stage:
+            stage_inputs = [
+                tuple(t.to(self.device) for t in mb) for mb in _split_batch(inputs, M, "input")
+            ]
+            specs = self.stage_programs[0].traced.input_specs
+            _check_microbatch(stage_inputs[0], specs, M, "input", "example_inputs")
         target_mbs = None
         if self.has_last_stage:
             if targets is None:
                 raise RuntimeConfigError("the last stage needs targets: step(inputs, targets)")
-            target_mbs = [mb[0].to(self.device) for mb in _split_batch(targets, M, "target")]
+            traced = self.stage_programs[self.num_stages - 1].traced
+            leaves, tree = compat.tree_flatten(targets)
+            if traced.target_spec is not None and tree != traced.target_spec:
+                raise RuntimeConfigError(
+                    f"targets are structured as {tree}, but the pipeline was compiled with "
+                    f"example_target structured as {traced.target_spec}: pass targets of "
+                    "the same structure (a tensor, tuple or dict like example_target)"
+                )
+            chunks = _split_batch(tuple(leaves), M, "target")
+            _check_microbatch(chunks[0], traced.target_specs, M, "target", "example_target")
+            target_mbs = [
+                compat.tree_unflatten([t.to(self.device) for t in mb], tree) for mb in chunks
+            ]
         return stage_inputs, target_mbs
 
     def _reduce_tied_grads(self) -> None:
