@@ -296,7 +296,9 @@ def test_wmin_measured_on_a_few_all_frozen_microbatches():
 
 
 class Stage0Bottleneck:
-    """The real planner, solving on profiles whose stage 0 is made 3x slower."""
+    """The real planner, solving on profiles whose stage 0 is made 3x slower and whose weight
+    gradient is at least its forward time: under load the measured W = w_max - w_min of a
+    one-step window can clip to 0, which would leave nothing worth freezing on stage 0."""
 
     def __init__(self, schedule, max_freeze_ratio):
         self.planner = FreezePlanner(
@@ -306,6 +308,7 @@ class Stage0Bottleneck:
     def plan(self, costs):
         stages = [dict(st) for st in costs.stages]
         stages[0] = {k: 3 * v for k, v in stages[0].items()}
+        stages[0]["W"] = max(stages[0]["W"], stages[0]["F"])
         return self.planner.plan(CostProfile(stages, costs.comm, costs.unit))
 
     def makespan(self, costs, ratios):
