@@ -66,7 +66,16 @@ def aot_trace(
         partition_fn=partition,
         num_params_buffers=num_params_buffers,
     )
-    out = compiled(*args)
+    # real tensors the function reaches without them being arguments (plain tensor attributes,
+    # a loss_fn's closed-over class weights) must not meet FakeTensors as real inputs: trace
+    # under a fake mode that accepts them, so they become constants (get_attr) of the graph
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake_args = [
+        mode.from_tensor(a, static_shapes=True) if isinstance(a, torch.Tensor) else a for a in args
+    ]
+    out = compiled(*fake_args)
     if "fw" not in captured:
         return captured["fw_only"], None, -1, out
     return captured["fw"], captured["bw"], captured["num_fwd_outputs"], out

@@ -10,6 +10,7 @@ user's optimizer.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -81,14 +82,18 @@ def compile(  # noqa: A001 - the public name the design asks for
             schedule, stages=stages, microbatches=microbatches, ranks=proc.ranks
         )
         _check_schedule(sched, ranks=proc.ranks, stages=stages)
-        specs = split_model(model, sched.num_stages, example_inputs, split_points)
-        stage_inputs = stage_example_inputs(specs, example_inputs)
-        _check_split(specs, stage_inputs, sched)
-        local = sched.stages_of(proc.rank) if proc.distributed else list(range(sched.num_stages))
-        programs, loss_dtype = _trace_local_stages(
-            model, specs, stage_inputs, local,
-            loss_fn=loss_fn, example_target=example_target, groups=groups, device=proc.device,
-        )  # fmt: skip
+        with _state_kept(model, loss_fn):
+            specs = split_model(model, sched.num_stages, example_inputs, split_points)
+            stage_inputs = stage_example_inputs(specs, example_inputs)
+            _check_split(specs, stage_inputs, sched)
+            local = (
+                sched.stages_of(proc.rank) if proc.distributed else list(range(sched.num_stages))
+            )
+            programs, loss_dtype = _trace_local_stages(
+                model, specs, stage_inputs, local,
+                loss_fn=loss_fn, example_target=example_target, groups=groups,
+                device=proc.device,
+            )  # fmt: skip
         if proc.distributed:
             _check_same_config(model, sched, specs, example_inputs, example_target, proc)
         transport, order = _make_transport(sched, stage_inputs, proc, timeout=timeout)
@@ -120,6 +125,29 @@ def compile(  # noqa: A001 - the public name the design asks for
         if proc.failure is not None:
             proc.failure.report(proc.rank, f"{type(exc).__name__}: {exc}")
         raise
+
+
+@contextlib.contextmanager
+def _state_kept(model: nn.Module, loss_fn: Callable | None):
+    """Kind 8: compile() runs the model eagerly on the example inputs (composition check, FLOP
+    count, stage example inputs, loss dtype) in whatever mode it is in; give back the user's
+    buffers (BatchNorm running stats, num_batches_tracked) and the global RNG state unchanged.
+    Buffers are restored by name, after compile may have moved them to the device."""
+    modules = [m for m in (model, loss_fn) if isinstance(m, nn.Module)]
+    saved = [{n: b.detach().clone() for n, b in m.named_buffers()} for m in modules]
+    cpu_rng = torch.random.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, before in zip(modules, saved):
+                for n, b in m.named_buffers():
+                    if n in before:
+                        b.copy_(before[n])
+        torch.random.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 @dataclass(frozen=True)
@@ -201,6 +229,8 @@ def _trace_local_stages(
     last_stage = len(specs) - 1
     loss_dtype = torch.float32
     programs = {}
+    if last_stage in local and isinstance(loss_fn, nn.Module):
+        loss_fn.to(device)  # kind 4: its parameters/buffers are inputs of the last stage
     for s in local:
         spec = specs[s]
         spec.module.to(device)

@@ -283,12 +283,16 @@ class StageProgram:
         for i, spec in zip(t.tangent_outputs, t.tangent_specs):
             g = flat[i]
             if g is None:
-                g = torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device)
+                g = spec.empty().zero_()
             elif tuple(g.shape) != spec.shape:
                 raise TraceError(
                     f"grad_output {i} has shape {tuple(g.shape)}, expected {spec.shape}"
                 )
-            out.append(g.contiguous())
+            elif not spec.strides_match(g):
+                # the backward graph was traced for tangents strided like the output (e.g.
+                # channels-last): its views need that layout, whatever layout g arrives in
+                g = spec.empty(g.device).copy_(g)
+            out.append(g)
         return out
 
     def __repr__(self) -> str:

@@ -6,18 +6,11 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 from exact_helpers import program_grads_vs_eager, train_and_compare
 from torch import nn
 
 import tfcompile
-
-XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 kind 4: trace_stage passes only named_parameters/named_buffers as graph "
-    "inputs; plain tensor attributes and loss_fn tensors are real tensors under FakeTensorMode",
-)
 
 
 class Causal(nn.Module):
@@ -45,14 +38,12 @@ class Scaled(nn.Module):
         return self.lin(x * self.scale + self.table[ids])
 
 
-@XFAIL
 def test_case_causal_mask_plain_attribute():
     torch.manual_seed(0)
     xs = [(torch.randn(2, 5, 8, requires_grad=True),) for _ in range(2)]
     program_grads_vs_eager(Causal(), xs, [torch.randn(2, 5, 8) for _ in range(2)])
 
 
-@XFAIL
 def test_plain_scalar_and_table_attributes():
     torch.manual_seed(1)
     m = Scaled()
@@ -60,7 +51,6 @@ def test_plain_scalar_and_table_attributes():
     program_grads_vs_eager(m, xs, [torch.randn(3, 4) for _ in range(2)])
 
 
-@XFAIL
 def test_case_weighted_cross_entropy_loss_fn():
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
@@ -70,7 +60,6 @@ def test_case_weighted_cross_entropy_loss_fn():
                       microbatches=2, opt="adamw")
 
 
-@XFAIL
 def test_loss_fn_closure_over_a_tensor_at_trace_stage_level():
     """Own example: a plain function closing over a class-weight tensor, trace_stage level."""
     torch.manual_seed(3)
@@ -96,7 +85,6 @@ class TempLoss(nn.Module):
         return nn.functional.cross_entropy(logits * self.log_t.exp(), y)
 
 
-@XFAIL
 def test_learnable_loss_temperature_is_trained_and_exposed():
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))

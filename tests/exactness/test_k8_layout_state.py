@@ -14,17 +14,6 @@ from torch import nn
 
 import tfcompile
 
-XFAIL_LAYOUT = pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 kind 8: StageProgram._tangents makes every grad_output contiguous, but "
-    "the backward graph was traced with tangents strided like the (channels-last) output",
-)
-XFAIL_STATE = pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 kind 8: tracing/compiling mutates the user's module (functional_call "
-    "leaves a FunctionalTensor on a module used twice; compile runs BN in training mode)",
-)
-
 
 class CLBlock(nn.Module):
     """A ConvNeXt-like block without timm: depthwise conv, then the MLP in channels-last
@@ -53,7 +42,6 @@ def test_block_output_is_channels_last():
     assert not out.is_contiguous() and out.is_contiguous(memory_format=torch.channels_last)
 
 
-@XFAIL_LAYOUT
 @pytest.mark.parametrize("grad_layout", ["contiguous", "channels_last"])
 def test_case_channels_last_output_backward(grad_layout):
     torch.manual_seed(0)
@@ -94,7 +82,6 @@ def test_transposed_output_then_view_in_backward_already_exact():
     program_grads_vs_eager(m, xs, gs)
 
 
-@XFAIL_LAYOUT
 def test_compile_channels_last_stage_boundary():
     torch.manual_seed(2)
     model = nn.Sequential(nn.Conv2d(3, 8, 1), CLBlock(), CLBlock(),
@@ -104,7 +91,6 @@ def test_compile_channels_last_stage_boundary():
                       split_points=["2"], microbatches=2, opt="adamw")
 
 
-@XFAIL_STATE
 def test_case_module_used_twice_stays_a_parameter():
     lin = nn.Linear(8, 8)
     s = nn.Sequential(lin, nn.Tanh(), lin)
@@ -114,7 +100,6 @@ def test_case_module_used_twice_stays_a_parameter():
     torch.optim.SGD(s.parameters(), lr=0.1)  # "can't optimize a non-leaf Tensor" today
 
 
-@XFAIL_STATE
 def test_shared_module_across_blocks_then_compile_and_train():
     """Own example: one rotary-like module shared by two blocks of a stage, traced, then
     compiled and trained two steps like eager."""
@@ -145,7 +130,6 @@ def test_shared_module_across_blocks_then_compile_and_train():
                       microbatches=2, opt="sgd")
 
 
-@XFAIL_STATE
 def test_compile_leaves_batchnorm_buffers_alone():
     torch.manual_seed(4)
     model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
