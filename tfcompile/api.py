@@ -231,9 +231,11 @@ def _trace_local_stages(
     programs = {}
     if last_stage in local and isinstance(loss_fn, nn.Module):
         loss_fn.to(device)  # kind 4: its parameters/buffers are inputs of the last stage
+        _plain_tensors_to(loss_fn, device)
     for s in local:
         spec = specs[s]
         spec.module.to(device)
+        _plain_tensors_to(spec.module, device)
         inputs = tuple(t.detach().to(device) for t in stage_inputs[s])
         if s > 0:
             inputs = tuple(t.requires_grad_(True) for t in inputs)
@@ -250,6 +252,21 @@ def _trace_local_stages(
                 out = spec.module(*stage_inputs[s])
                 loss_dtype = loss_fn(out, example_target).dtype
     return programs, loss_dtype
+
+
+def _plain_tensors_to(module: nn.Module, device: torch.device) -> None:
+    """Kind 4: tensors kept as plain attributes (a causal mask not registered as a buffer)
+    trace as graph constants; move them with the module (``Module.to`` moves only parameters
+    and buffers), so the constants live on the device the stage runs on."""
+    for m in module.modules():
+        for attr, v in list(vars(m).items()):
+            if (
+                not attr.startswith("_")
+                and isinstance(v, torch.Tensor)
+                and not isinstance(v, nn.Parameter)
+                and v.device != torch.device(device)
+            ):
+                setattr(m, attr, v.to(device))
 
 
 def _check_same_config(
