@@ -127,7 +127,7 @@ def trace_stage(
     ]
     if is_loss:
         args.append(example_target.detach())
-    with _module_state_kept(module, loss_fn):
+    with _rng_kept(), _module_state_kept(module, loss_fn):
         fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(module, fn, args, len(params) + len(buffers))
     _check_graph_constants(fw_gm, bw_gm, module, loss_fn)
 
@@ -486,7 +486,8 @@ def _module_state_kept(*modules: Any):
 
 @contextlib.contextmanager
 def _rng_kept():
-    """Kind 8: the eager probe runs dropout etc.; leave the global RNG state as it was."""
+    """Kind 8: the eager probe (dropout) and AOTAutograd's tracing draw from the global RNG;
+    leave its state as it was."""
     cpu = torch.random.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:

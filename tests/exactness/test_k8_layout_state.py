@@ -152,3 +152,80 @@ def test_trace_stage_leaves_batchnorm_buffers_and_inputs_alone():
     for (n, b), (_, r) in zip(m.named_buffers(), ref.named_buffers()):
         assert torch.equal(b, r), n
     assert torch.equal(x, x0)
+
+
+class LayerScaleCL(nn.Module):
+    """Own example: a ConvNeXt-v1-like block: depthwise conv, channels-last MLP, a layer
+    scale, permuted back and added to the input *after* (input first): channels-last output
+    whose backward views need the tangent's strides."""
+
+    def __init__(self, c=6):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.fc = nn.Linear(c, c)
+        self.ls = nn.Parameter(torch.full((c,), 0.3))
+
+    def forward(self, x):
+        h = (self.ls * self.fc(self.dw(x).permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        return h.view(h.shape) + x.contiguous(memory_format=torch.channels_last)
+
+
+def test_layer_scale_channels_last_output_trace_stage():
+    torch.manual_seed(6)
+    m = nn.Sequential(LayerScaleCL(), LayerScaleCL())
+    xs = [(torch.randn(2, 6, 3, 5, requires_grad=True),) for _ in range(2)]
+    assert not m(xs[0][0]).is_contiguous()
+    gs = [torch.randn(2, 6, 3, 5), torch.randn(2, 5, 3, 6).permute(0, 3, 2, 1)]  # any layout
+    prog = program_grads_vs_eager(m, xs, gs)
+    spec = prog.traced.tangent_specs[0]
+    assert spec.stride is not None and spec.stride != (90, 15, 5, 1)
+
+
+def test_layer_scale_channels_last_compile_adamw():
+    """2 AdamW steps through compile(): the boundary activation and its gradient are
+    channels-last."""
+    from exact_steps import compile_adamw_vs_eager
+
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), LayerScaleCL(), LayerScaleCL(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3))
+    X, Y = torch.randn(4, 3, 3, 5), torch.randint(0, 3, (4,))
+    compile_adamw_vs_eager(model, inputs=X, targets=Y, loss_fn=F.cross_entropy,
+                           split_points=["2"])
+
+
+def test_batchnorm_used_twice_and_rng_untouched_by_trace_and_compile():
+    """Own example: one BatchNorm (and one Linear) reached twice in a stage, with dropout.
+    trace_stage and compile() leave every parameter a Parameter, every buffer the same tensor
+    with the same value (running stats, num_batches_tracked), and the global RNG state as it
+    was; then 2 AdamW steps through compile() match eager."""
+    from exact_steps import compile_adamw_vs_eager
+
+    torch.manual_seed(8)
+    lin, bn = nn.Linear(8, 8), nn.BatchNorm1d(8)
+    model = nn.Sequential(nn.Linear(6, 8), bn, nn.Tanh(), lin, bn, nn.Tanh(), lin,
+                          nn.Dropout(0.5), nn.Linear(8, 3))
+    ref = copy.deepcopy(model)
+    buffers = {n: b for n, b in model.named_buffers()}
+    X, Y = torch.randn(8, 6), torch.randint(0, 3, (8,))
+    h = torch.randn(4, 8)
+    rng = torch.get_rng_state()
+    tfcompile.trace_stage(nn.Sequential(*list(model)[1:7]), (h,))
+    tfcompile.compile(model, schedule="1F1B", microbatches=2, ranks=2, example_inputs=(X[:4],),
+                      loss_fn=F.cross_entropy, example_target=Y[:4], split_points=["3"])
+    assert torch.equal(torch.get_rng_state(), rng)
+    for n, p in model.named_parameters():
+        assert type(p) is nn.Parameter and p.is_leaf, n
+    for (n, b), (_, r) in zip(model.named_buffers(), ref.named_buffers()):
+        assert b is buffers[n] and type(b) is torch.Tensor and torch.equal(b, r), n
+    model[7].p = 0.0  # eager and the pipeline draw different dropout masks
+    compile_adamw_vs_eager(model, inputs=X, targets=Y, loss_fn=F.cross_entropy,
+                           split_points=["3"])
+
+
+def test_rng_state_untouched_by_trace_stage_with_dropout():
+    m = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
+    x = torch.randn(3, 4)
+    rng = torch.get_rng_state()
+    tfcompile.trace_stage(m, (x,))
+    assert torch.equal(torch.get_rng_state(), rng)
