@@ -143,6 +143,21 @@ def mutated_input_indices(fw_gm: fx.GraphModule) -> list[int] | None:
     return idx
 
 
+def tangent_output_indices(tangent_nodes: Sequence[fx.Node]) -> list[int] | None:
+    """The user-output index each backward tangent placeholder belongs to, read from the input
+    descriptors AOTAutograd attaches (``TangentAOTInput(output=PlainAOTOutput(idx=i))``): an
+    output that does not require grad (a skip connection of the first stage's input) has no
+    tangent. None when the descriptors are not available."""
+    idx = []
+    for node in tangent_nodes:
+        d = node.meta.get("desc")
+        out = getattr(d, "output", None)
+        if type(d).__name__ != "TangentAOTInput" or type(out).__name__ != "PlainAOTOutput":
+            return None
+        idx.append(out.idx)
+    return idx
+
+
 def make_boxed(gm: fx.GraphModule) -> bool:
     """Switch `gm` to the boxed calling convention (``gm([a, b, ...])``: the generated code takes
     one list and clears it), so inputs can be freed at their last use inside the graph instead of

@@ -572,8 +572,11 @@ def _map_outputs(
     n_saved = len(output_node(fw_gm).args[0]) - num_fwd_outputs
     bw_ph = [n for n in bw_gm.graph.nodes if n.op == "placeholder"]
     tangent_nodes = bw_ph[n_saved:]
+    described = None if is_loss else compat.tangent_output_indices(tangent_nodes)
     if is_loss:
         tangent_outputs = (0,)
+    elif described is not None:  # only outputs that require grad have a tangent
+        tangent_outputs = tuple(described)
     else:
         tangent_outputs = tuple(i for i, o in enumerate(flat_out) if _is_differentiable(o))
     if len(tangent_outputs) != len(tangent_nodes):

@@ -179,3 +179,16 @@ def test_compile_stage_starting_inplace_and_view_only_stage_adamw():
     X, Y = torch.randn(6, 6), torch.randint(0, 3, (6,))
     compile_adamw_vs_eager(model, inputs=X, targets=Y, loss_fn=nn.functional.cross_entropy,
                            split_points=["2", "3"], ranks=3, microbatches=3)
+
+
+@pytest.mark.parametrize("how", ["same", "view_input"])
+def test_first_stage_carries_its_input_without_grad(how):
+    """Own example: a first stage (its input needs no gradient) returns its input, or a view
+    of it, as a skip connection: that output has no tangent (AOTAutograd's descriptors say
+    which outputs have one); the gradient passed for it is ignored, as eager's would be."""
+    torch.manual_seed(10)
+    xs = [(torch.randn(3, 4),) for _ in range(2)]
+    second = (3, 4) if how == "same" else (12,)
+    gs = [(torch.randn(3, 4), torch.randn(*second)) for _ in range(2)]
+    prog = program_grads_vs_eager(Skip(how), xs, gs)
+    assert prog.traced.tangent_outputs == (0,)
