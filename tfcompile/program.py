@@ -112,7 +112,7 @@ class StageProgram:
         args = [
             *(t.params[n] for n in t.param_names),
             *(t.buffers[n] for n in t.buffer_names),
-            *(x.detach() for x in inputs),
+            *(_traced_layout(x.detach(), spec) for x, spec in zip(inputs, t.input_specs)),
         ]
         if t.is_loss_stage:
             args.append(target)
@@ -300,6 +300,15 @@ class StageProgram:
             f"StageProgram({type(self.module).__name__}, groups={self.group_order}, "
             f"loss_stage={self.is_loss_stage})"
         )
+
+
+def _traced_layout(x: torch.Tensor, spec) -> torch.Tensor:
+    """`x` with the strides its graph input was traced for (kind 8): a channels-last
+    activation that arrives contiguous (over the wire) is copied into the traced layout, since
+    views in the graphs depend on it."""
+    if spec.stride is None or spec.strides_match(x):
+        return x
+    return spec.empty(x.device).copy_(x)
 
 
 def _check_unmodified(mb: int, versions: Sequence[tuple[int, torch.Tensor, int]]) -> None:

@@ -229,3 +229,24 @@ def test_rng_state_untouched_by_trace_stage_with_dropout():
     rng = torch.get_rng_state()
     tfcompile.trace_stage(m, (x,))
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_input_arriving_in_another_layout_than_traced():
+    """Own example: a stage traced on a channels-last activation (as compile() traces the
+    stage after a ConvNeXt block) gets it contiguous (as a receive buffer holds it): the
+    input is copied into the traced layout before the graphs run."""
+    torch.manual_seed(9)
+    m = nn.Sequential(LayerScaleCL(), nn.Flatten(), nn.Linear(90, 4))
+    traced_on = torch.randn(2, 6, 3, 5).contiguous(memory_format=torch.channels_last)
+    prog = tfcompile.trace_stage(m, (traced_on.requires_grad_(),))
+    ref = copy.deepcopy(m)
+    x = torch.randn(2, 6, 3, 5, requires_grad=True)  # contiguous
+    g = torch.randn(2, 4)
+    out = prog.forward(0, x)
+    (gx,) = prog.backward(0, g)
+    xr = x.detach().clone().requires_grad_()
+    want = ref(xr)
+    want.backward(g)
+    assert torch.allclose(out, want, atol=1e-5) and torch.allclose(gx, xr.grad, atol=1e-5)
+    for p, q in zip(m.parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5)
