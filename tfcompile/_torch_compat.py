@@ -66,7 +66,16 @@ def aot_trace(
         partition_fn=partition,
         num_params_buffers=num_params_buffers,
     )
-    out = compiled(*args)
+    # real tensors the function reaches without them being arguments (plain tensor attributes,
+    # a loss_fn's closed-over class weights) must not meet FakeTensors as real inputs: trace
+    # under a fake mode that accepts them, so they become constants (get_attr) of the graph
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake_args = [
+        mode.from_tensor(a, static_shapes=True) if isinstance(a, torch.Tensor) else a for a in args
+    ]
+    out = compiled(*fake_args)
     if "fw" not in captured:
         return captured["fw_only"], None, -1, out
     return captured["fw"], captured["bw"], captured["num_fwd_outputs"], out
@@ -131,6 +140,21 @@ def mutated_input_indices(fw_gm: fx.GraphModule) -> list[int] | None:
             if not hasattr(inner, "idx"):
                 return None
             idx.append(inner.idx)
+    return idx
+
+
+def tangent_output_indices(tangent_nodes: Sequence[fx.Node]) -> list[int] | None:
+    """The user-output index each backward tangent placeholder belongs to, read from the input
+    descriptors AOTAutograd attaches (``TangentAOTInput(output=PlainAOTOutput(idx=i))``): an
+    output that does not require grad (a skip connection of the first stage's input) has no
+    tangent. None when the descriptors are not available."""
+    idx = []
+    for node in tangent_nodes:
+        d = node.meta.get("desc")
+        out = getattr(d, "output", None)
+        if type(d).__name__ != "TangentAOTInput" or type(out).__name__ != "PlainAOTOutput":
+            return None
+        idx.append(out.idx)
     return idx
 
 

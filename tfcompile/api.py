@@ -10,6 +10,7 @@ user's optimizer.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -102,16 +103,19 @@ def compile(  # noqa: A001 - the public name the design asks for
             schedule, stages=stages, microbatches=microbatches, ranks=proc.ranks
         )
         _check_schedule(sched, ranks=proc.ranks, stages=stages)
-        specs = split_model(model, sched.num_stages, example_inputs, split_points)
-        stage_inputs = stage_example_inputs(specs, example_inputs)
-        _check_split(specs, stage_inputs, sched)
-        local = sched.stages_of(proc.rank) if proc.distributed else list(range(sched.num_stages))
-        forward_only = _forward_only_stages(specs, loss_fn)
-        programs, loss_dtype = _trace_local_stages(
-            model, specs, stage_inputs, local,
-            loss_fn=loss_fn, example_target=example_target, groups=groups, device=proc.device,
-            forward_only=forward_only,
-        )  # fmt: skip
+        with _state_kept(model, loss_fn):
+            specs = split_model(model, sched.num_stages, example_inputs, split_points)
+            stage_inputs = stage_example_inputs(specs, example_inputs)
+            _check_split(specs, stage_inputs, sched)
+            local = (
+                sched.stages_of(proc.rank) if proc.distributed else list(range(sched.num_stages))
+            )
+            forward_only = _forward_only_stages(specs, loss_fn)
+            programs, loss_dtype = _trace_local_stages(
+                model, specs, stage_inputs, local,
+                loss_fn=loss_fn, example_target=example_target, groups=groups,
+                device=proc.device, forward_only=forward_only,
+            )  # fmt: skip
         if proc.distributed:
             _check_same_config(model, sched, specs, example_inputs, example_target, proc)
         transport, order = _make_transport(sched, stage_inputs, proc, timeout=timeout)
@@ -146,6 +150,29 @@ def compile(  # noqa: A001 - the public name the design asks for
         if proc.failure is not None:
             proc.failure.report(proc.rank, f"{type(exc).__name__}: {exc}")
         raise
+
+
+@contextlib.contextmanager
+def _state_kept(model: nn.Module, loss_fn: Callable | None):
+    """Kind 8: compile() runs the model eagerly on the example inputs (composition check, FLOP
+    count, stage example inputs, loss dtype) in whatever mode it is in; give back the user's
+    buffers (BatchNorm running stats, num_batches_tracked) and the global RNG state unchanged.
+    Buffers are restored by name, after compile may have moved them to the device."""
+    modules = [m for m in (model, loss_fn) if isinstance(m, nn.Module)]
+    saved = [{n: b.detach().clone() for n, b in m.named_buffers()} for m in modules]
+    cpu_rng = torch.random.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, before in zip(modules, saved):
+                for n, b in m.named_buffers():
+                    if n in before:
+                        b.copy_(before[n])
+        torch.random.set_rng_state(cpu_rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 @dataclass(frozen=True)
@@ -228,9 +255,13 @@ def _trace_local_stages(
     last_stage = len(specs) - 1
     loss_dtype = torch.float32
     programs = {}
+    if last_stage in local and isinstance(loss_fn, nn.Module):
+        loss_fn.to(device)  # kind 4: its parameters/buffers are inputs of the last stage
+        _plain_tensors_to(loss_fn, device)
     for s in local:
         spec = specs[s]
         spec.module.to(device)
+        _plain_tensors_to(spec.module, device)
         inputs = tuple(t.detach().to(device) for t in stage_inputs[s])
         if s > 0 and s - 1 not in forward_only:  # masks and ids travel without gradients
             inputs = tuple(t.requires_grad_(_gets_grad(t)) for t in inputs)
@@ -283,6 +314,21 @@ def _eval_tracer(
         return StageProgram(traced, update_buffers=False)
 
     return trace
+
+
+def _plain_tensors_to(module: nn.Module, device: torch.device) -> None:
+    """Kind 4: tensors kept as plain attributes (a causal mask not registered as a buffer)
+    trace as graph constants; move them with the module (``Module.to`` moves only parameters
+    and buffers), so the constants live on the device the stage runs on."""
+    for m in module.modules():
+        for attr, v in list(vars(m).items()):
+            if (
+                not attr.startswith("_")
+                and isinstance(v, torch.Tensor)
+                and not isinstance(v, nn.Parameter)
+                and v.device != torch.device(device)
+            ):
+                setattr(m, attr, v.to(device))
 
 
 def _check_same_config(

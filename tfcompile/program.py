@@ -126,7 +126,7 @@ class StageProgram:
         args = [
             *(t.params[n] for n in t.param_names),
             *(t.buffers[n] for n in t.buffer_names),
-            *(x.detach() for x in inputs),
+            *(_traced_layout(x.detach(), spec) for x, spec in zip(inputs, t.input_specs)),
         ]
         if t.is_loss_stage:
             args.extend(target_leaves)
@@ -337,12 +337,16 @@ class StageProgram:
         for i, spec in zip(t.tangent_outputs, t.tangent_specs):
             g = flat[i]
             if g is None:
-                g = torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device)
+                g = spec.empty().zero_()
             elif tuple(g.shape) != spec.shape:
                 raise TraceError(
                     f"grad_output {i} has shape {tuple(g.shape)}, expected {spec.shape}"
                 )
-            out.append(g.contiguous())
+            elif not spec.strides_match(g):
+                # the backward graph was traced for tangents strided like the output (e.g.
+                # channels-last): its views need that layout, whatever layout g arrives in
+                g = spec.empty(g.device).copy_(g)
+            out.append(g)
         return out
 
     def __repr__(self) -> str:
@@ -377,6 +381,15 @@ def _check_target(target: Any, tree_spec: Any, specs: Sequence[Any]) -> list[tor
                 "and dtype"
             )
     return leaves
+
+
+def _traced_layout(x: torch.Tensor, spec) -> torch.Tensor:
+    """`x` with the strides its graph input was traced for (kind 8): a channels-last
+    activation that arrives contiguous (over the wire) is copied into the traced layout, since
+    views in the graphs depend on it."""
+    if spec.stride is None or spec.strides_match(x):
+        return x
+    return spec.empty(x.device).copy_(x)
 
 
 def _check_unmodified(mb: int, versions: Sequence[tuple[int, torch.Tensor, int]]) -> None:

@@ -73,7 +73,9 @@ def discover_blocks(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], bool
     if hasattr(model, "pipeline_blocks"):
         return list(model.pipeline_blocks()), False
     if isinstance(model, nn.Sequential):
-        return list(model.named_children()), False
+        # every position, also a module repeated in it (named_children drops repeats, which
+        # silently removed the second use of a shared block from the pipeline)
+        return [(n, m) for n, m in model._modules.items() if m is not None], False
     blocks: list[tuple[str, nn.Module]] = []
     for name, child in model.named_children():
         blocks.extend(_expand(name, child))

@@ -20,6 +20,7 @@ others raises TraceError (trace one program per shape).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import traceback
@@ -42,6 +43,11 @@ from tfcompile.split import as_stage_blocks
 from tfcompile.tensor_spec import TensorSpec
 
 __all__ = ["ROOT_GROUP", "StageProgram", "TracedStage", "resolve_groups", "trace_stage"]
+
+# kind 4: parameters and buffers of an nn.Module loss_fn are graph inputs of the last stage,
+# named with this prefix; its trainable parameters form the group LOSS_GROUP
+LOSS_PREFIX = "loss_fn."
+LOSS_GROUP = "loss_fn"
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,16 +135,22 @@ def trace_stage(
     inputs = _check_example(call, example_inputs, loss_fn, example_target)
     t_leaves, t_spec = _target_leaves(example_target) if loss_fn is not None else ([], None)
     group_map = resolve_groups(module, groups)
+    _check_plain_tensor_attributes(module, loss_fn)
     params = dict(module.named_parameters())
     buffers = dict(module.named_buffers())
-    param_names, buffer_names = tuple(params), tuple(buffers)
     is_loss = loss_fn is not None
-    eager_out, probed = _mutated_buffers(call, params, buffers, inputs)
+    with _rng_kept(), _module_state_kept(module):
+        eager_out, probed, boundary = _mutated_buffers(call, params, buffers, inputs)
+    loss_names = _lift_loss_fn(loss_fn, params, buffers, group_map)
+    param_names, buffer_names = tuple(params), tuple(buffers)
     needs_grad = _input_grad_flags(inputs, input_requires_grad)
     if forward_only:
         needs_grad = [False] * len(inputs)
 
-    fn = _stage_fn(call, param_names, buffer_names, len(inputs), loss_fn, t_spec)
+    fn = _stage_fn(
+        call, param_names, buffer_names, len(inputs), loss_fn, t_spec,
+        loss_names=loss_names, boundary=boundary,
+    )  # fmt: skip
     args = [
         *(
             params[n].detach().requires_grad_(params[n].requires_grad and not forward_only)
@@ -149,7 +161,9 @@ def trace_stage(
     ]
     if is_loss:
         args.extend(t.detach() for t in t_leaves)
-    fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(module, fn, args, len(params) + len(buffers))
+    with _rng_kept(), _module_state_kept(module, loss_fn):
+        fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(module, fn, args, len(params) + len(buffers))
+    _check_graph_constants(fw_gm, bw_gm, module, loss_fn)
     if bw_gm is None:  # kind 7: nothing needs a gradient
         return StageProgram(
             _forward_only_stage(
@@ -367,19 +381,24 @@ def _mutated_buffers(
     params: Mapping[str, torch.Tensor],
     buffers: Mapping[str, torch.Tensor],
     inputs: tuple[torch.Tensor, ...],
-) -> tuple[Any, tuple[str, ...]]:
-    """Run the module once eagerly on copies of its buffers: the outputs (their structure and
-    devices are the stage's) and the buffers the forward mutates (batch-norm running stats),
-    which become extra graph outputs copied back after each forward.
+) -> tuple[Any, tuple[str, ...], _Boundary]:
+    """Run the module once eagerly on copies of its buffers and inputs: the outputs (their
+    structure and devices are the stage's), the buffers the forward mutates (batch-norm
+    running stats), which become extra graph outputs copied back after each forward, and the
+    aliasing at the stage boundary (:class:`_Boundary`).
 
     The mutated set here is the fallback for when AOTAutograd's output descriptors are missing
-    (a buffer whose version or value changed); ``_map_outputs`` prefers the descriptors.
+    (a buffer whose version or value changed); ``_map_outputs`` prefers the descriptors. The
+    inputs are cloned so that a stage whose first op is in place (``ReLU(inplace=True)``) does
+    not change the caller's tensors.
     """
     probe = {n: b.clone() for n, b in buffers.items()}
     versions = {n: compat.version_counter(b) for n, b in probe.items()}
+    probe_inputs = tuple(x.detach().clone() for x in inputs)
+    in_versions = [compat.version_counter(x) for x in probe_inputs]
     try:
         with torch.no_grad():
-            eager_out = torch.func.functional_call(module, {**params, **probe}, inputs)
+            eager_out = torch.func.functional_call(module, {**params, **probe}, probe_inputs)
     except Exception as e:  # noqa: BLE001 - rewrap whatever the user's module raised
         raise TraceError(
             f"running {type(module).__name__} on the example inputs failed "
@@ -391,7 +410,42 @@ def _mutated_buffers(
         for n in buffers
         if compat.version_counter(probe[n]) != versions[n] or not torch.equal(probe[n], buffers[n])
     )
-    return eager_out, mutated
+    mutated_inputs = frozenset(
+        i for i, x in enumerate(probe_inputs) if compat.version_counter(x) != in_versions[i]
+    )
+    # an output aliases when its storage is an input's, a parameter's, a buffer's or an
+    # earlier output's (views of one intermediate: the first keeps it, the others alias)
+    seen = {_storage_key(t) for t in (*probe_inputs, *params.values(), *probe.values())}
+    alias_outputs = set()
+    for i, o in enumerate(compat.tree_flatten(eager_out)[0]):
+        if isinstance(o, torch.Tensor) and o.numel() > 0:
+            key = _storage_key(o)
+            if key in seen:
+                alias_outputs.add(i)
+            seen.add(key)
+    return eager_out, mutated, _Boundary(mutated_inputs, frozenset(alias_outputs))
+
+
+@dataclass(frozen=True)
+class _Boundary:
+    """Kind 2: aliasing and mutation at the stage boundary, removed inside the traced function.
+
+    AOTAutograd handles aliased outputs and mutated inputs in its runtime wrappers (outputs
+    regenerated from their base, no tangent for them; mutations of inputs appended to the
+    forward's outputs), which the raw fw/bw graphs tfcompile runs do not have. Instead the
+    traced function owns its boundary: inputs the probe saw mutated are cloned on entry (the
+    mutation becomes internal, the caller's tensor is left alone) and outputs that alias an
+    input, a parameter, a buffer or an earlier output are cloned on exit, so every output is
+    a fresh tensor with its own tangent and the clone's backward sends its gradient to the
+    base. Exact: clone is the identity for values and gradients.
+    """
+
+    mutated_inputs: frozenset[int] = frozenset()
+    alias_outputs: frozenset[int] = frozenset()
+
+
+def _storage_key(t: torch.Tensor) -> tuple[str, int]:
+    return (str(t.device), t.untyped_storage().data_ptr())
 
 
 class _LossShapeError(Exception):
@@ -405,19 +459,37 @@ def _stage_fn(
     n_in: int,
     loss_fn: Callable | None,
     target_spec: Any = None,
+    *,
+    loss_names: Sequence[str] = (),
+    boundary: _Boundary = _Boundary(),
 ) -> Callable[..., Any]:
     """The function AOTAutograd traces: parameters and buffers as flat inputs (so they are graph
     placeholders, not constants), then the inputs, then the target leaves of a loss stage
-    (rebuilt into the target's structure for loss_fn)."""
+    (rebuilt into the target's structure for loss_fn). ``loss_names`` are the flat
+    parameters/buffers of an nn.Module loss_fn (called through functional_call); ``boundary``
+    says which inputs/outputs are cloned (kind 2)."""
     n_p, n_b = len(param_names), len(buffer_names)
+    loss_set = frozenset(loss_names)
 
     def stage_fn(*args):
         p = dict(zip(param_names, args[:n_p]))
         p.update(zip(buffer_names, args[n_p : n_p + n_b]))
-        out = torch.func.functional_call(module, p, args[n_p + n_b : n_p + n_b + n_in])
+        lp = {n[len(LOSS_PREFIX) :]: p.pop(n) for n in loss_names}
+        xs = args[n_p + n_b : n_p + n_b + n_in]
+        if boundary.mutated_inputs:
+            xs = tuple(x.clone() if i in boundary.mutated_inputs else x for i, x in enumerate(xs))
+        out = torch.func.functional_call(module, p, xs)
+        if boundary.alias_outputs:
+            leaves, spec = compat.tree_flatten(out)
+            leaves = [o.clone() if i in boundary.alias_outputs else o for i, o in enumerate(leaves)]
+            out = compat.tree_unflatten(leaves, spec)
         if loss_fn is None:
             return out
-        loss = loss_fn(out, compat.tree_unflatten(list(args[n_p + n_b + n_in :]), target_spec))
+        target = compat.tree_unflatten(list(args[n_p + n_b + n_in :]), target_spec)
+        if loss_set:
+            loss = torch.func.functional_call(loss_fn, lp, (out, target))
+        else:
+            loss = loss_fn(out, target)
         if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or loss.dim() != 0:
             shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss)
             raise _LossShapeError(
@@ -427,6 +499,148 @@ def _stage_fn(
         return loss
 
     return stage_fn
+
+
+def _lift_loss_fn(
+    loss_fn: Callable | None,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    group_map: dict[str, list[str]],
+) -> tuple[str, ...]:
+    """Kind 4: an nn.Module loss_fn's parameters and buffers become graph inputs of the stage,
+    named ``loss_fn.<name>`` (added to `params`/`buffers` after the module's own), so a class
+    weight traces as an input instead of a real tensor under FakeTensorMode, and a learnable
+    loss parameter (a temperature) gets its gradient like any parameter, in the group
+    ``loss_fn``. Returns the added names."""
+    if not isinstance(loss_fn, nn.Module):
+        return ()
+    names = []
+    for n, t in loss_fn.named_parameters():
+        params[LOSS_PREFIX + n] = t
+        names.append(LOSS_PREFIX + n)
+    for n, t in loss_fn.named_buffers():
+        buffers[LOSS_PREFIX + n] = t
+        names.append(LOSS_PREFIX + n)
+    trainable = [n for n in names if n in params and params[n].requires_grad]
+    if trainable:
+        if LOSS_GROUP in group_map:
+            raise TraceError(
+                f"the stage already has a group named {LOSS_GROUP!r}; it is reserved for the "
+                "loss_fn's parameters: rename that group"
+            )
+        group_map[LOSS_GROUP] = trainable
+    return tuple(names)
+
+
+def _plain_tensors(obj: Any, prefix: str):
+    """(where, tensor) of the tensors an object holds outside _parameters/_buffers: plain
+    module attributes (also in lists/tuples/dicts one level deep) and, for a function, the
+    tensors it closes over or takes as defaults."""
+    if isinstance(obj, nn.Module):
+        for mod_name, m in obj.named_modules():
+            where = f"{prefix}{'.' + mod_name if mod_name else ''}"
+            for attr, v in vars(m).items():
+                if attr.startswith("_"):
+                    continue
+                vals = v.values() if isinstance(v, dict) else v
+                vals = vals if isinstance(v, (dict, list, tuple)) else [v]
+                for t in vals:
+                    if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter):
+                        yield f"{type(m).__name__} {where}.{attr}", t
+        return
+    fn = getattr(obj, "__func__", obj)
+    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _cell_ok(c)]
+    for v in [*cells, *(getattr(fn, "__defaults__", None) or ())]:
+        if isinstance(v, torch.Tensor):
+            yield f"a tensor {prefix} closes over", v
+
+
+def _cell_ok(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - empty cells raise
+    except ValueError:
+        return False
+    return True
+
+
+def _refuse_grad_constant(where: str) -> TraceError:
+    return TraceError(
+        f"{where} is a tensor that requires grad but is neither a parameter nor a buffer: the "
+        "traced graph would hold it as a constant and it would silently get no gradient. "
+        "Register it as an nn.Parameter (to train it) or with register_buffer (a constant), "
+        "or .detach() it"
+    )
+
+
+def _check_plain_tensor_attributes(module: nn.Module, loss_fn: Callable | None) -> None:
+    """Kind 4: tensors the stage holds outside its parameters and buffers trace as constants;
+    one that requires grad would silently never be trained, so it is refused up front, naming
+    the module and attribute."""
+    for where, t in _plain_tensors(module, "stage"):
+        if t.requires_grad:
+            raise _refuse_grad_constant(where)
+    if loss_fn is not None:
+        for where, t in _plain_tensors(loss_fn, "loss_fn"):
+            if t.requires_grad:
+                raise _refuse_grad_constant(where)
+
+
+def _check_graph_constants(
+    fw_gm: fx.GraphModule,
+    bw_gm: fx.GraphModule | None,
+    module: nn.Module,
+    loss_fn: Callable | None,
+) -> None:
+    """Kind 4, generic: any real tensor the trace captured as a constant (a plain attribute, a
+    closure, a global) that requires grad would get no gradient: refuse it."""
+    for gm in (fw_gm, bw_gm):
+        if gm is None:  # a forward-only stage has no backward graph
+            continue
+        for node in gm.graph.nodes:
+            if node.op != "get_attr":
+                continue
+            t = getattr(gm, node.target, None)
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                raise _refuse_grad_constant(
+                    f"a tensor of shape {tuple(t.shape)} that {type(module).__name__}"
+                    f"{' or its loss_fn' if loss_fn is not None else ''} uses"
+                )
+
+
+@contextlib.contextmanager
+def _module_state_kept(*modules: Any):
+    """Kind 8: every parameter/buffer slot of every submodule is put back as it was after
+    tracing. torch.func.functional_call swaps tensors in and restores them per alias; a module
+    reached twice (``nn.Sequential(l, nn.Tanh(), l)``) is restored from its second alias, which
+    saved the already-swapped (functional) value."""
+    saved = [
+        (m, dict(m._parameters), dict(m._buffers))
+        for mod in modules
+        if isinstance(mod, nn.Module)
+        for m in mod.modules()
+    ]
+    try:
+        yield
+    finally:
+        for m, ps, bs in saved:
+            m._parameters.clear()
+            m._parameters.update(ps)
+            m._buffers.clear()
+            m._buffers.update(bs)
+
+
+@contextlib.contextmanager
+def _rng_kept():
+    """Kind 8: the eager probe (dropout) and AOTAutograd's tracing draw from the global RNG;
+    leave its state as it was."""
+    cpu = torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def _aot_graphs(
@@ -524,8 +738,11 @@ def _map_outputs(
     n_saved = len(output_node(fw_gm).args[0]) - num_fwd_outputs
     bw_ph = [n for n in bw_gm.graph.nodes if n.op == "placeholder"]
     tangent_nodes = bw_ph[n_saved:]
+    described = None if is_loss else compat.tangent_output_indices(tangent_nodes)
     if is_loss:
         tangent_outputs = (0,)
+    elif described is not None:  # only outputs that require grad have a tangent
+        tangent_outputs = tuple(described)
     else:
         tangent_outputs = tuple(i for i, o in enumerate(flat_out) if _is_differentiable(o))
     if len(tangent_outputs) != len(tangent_nodes):

@@ -61,8 +61,6 @@ def test_stage_module_with_two_inputs_at_trace_stage_level_already_exact():
     program_grads_vs_eager(MixCopy(), xs, gs)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 kind 2 (within kind 5's case): Mix returns "
-                   "its input `s` unchanged, an output aliasing an input")
 def test_case_block_mix_at_trace_stage_level():
     torch.manual_seed(1)
     xs = [(torch.randn(3, 8, requires_grad=True), torch.randn(3, 8, requires_grad=True))

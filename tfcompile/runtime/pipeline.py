@@ -203,7 +203,17 @@ class Pipeline:
             for stage_name, param in spec.module.named_parameters():
                 params.setdefault(spec.param_names[stage_name], param)
         model_order = [n for n, _ in self.model.named_parameters()]
-        return {n: params[n] for n in model_order if n in params}
+        local = {n: params[n] for n in model_order if n in params}
+        # kind 4: an nn.Module loss_fn's parameters (a learnable temperature) belong to the
+        # last stage; its program holds them as "loss_fn.<name>"
+        last = self.stage_programs.get(self.num_stages - 1)
+        if last is not None:
+            from tfcompile.trace import LOSS_PREFIX
+
+            for n in last.traced.param_names:
+                if n.startswith(LOSS_PREFIX) and n not in self.specs[-1].param_names:
+                    local.setdefault(n, last.traced.params[n])
+        return local
 
     def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
         """This rank's parameters, named as in the original model.named_parameters()."""
@@ -217,7 +227,7 @@ class Pipeline:
         spec, program = self.specs[stage], self.stage_programs[stage]
         order = [g for g in program.group_order if g in program.groups]
         order += [g for g in program.groups if g not in order]
-        return {g: [spec.param_names[n] for n in program.groups[g]] for g in order}
+        return {g: [spec.param_names.get(n, n) for n in program.groups[g]] for g in order}
 
     def truncates_backward(self, stage: int) -> bool:
         """True when the stage produces no input gradient (e.g. token ids), so a frozen prefix
