@@ -24,9 +24,18 @@ class TensorSpec:
 
     @classmethod
     def of(cls, t: torch.Tensor, device: torch.device | str | None = None) -> TensorSpec:
-        """The spec of `t`; `device` overrides its device (fake values carry the trace's)."""
+        """The spec of `t`; `device` overrides its device (fake values carry the trace's).
+
+        Its strides are kept when they are a dense, non-overlapping layout (contiguous,
+        channels-last, a transpose): a tensor can be copied into those. An expanded example
+        (a stride-0 dimension, e.g. position ids from ``arange(n).expand(b, n)``) cannot be
+        rebuilt from received data, so its spec asks for no particular layout."""
+        shape, stride = tuple(t.shape), tuple(t.stride())
         return cls(
-            tuple(t.shape), t.dtype, device if device is not None else t.device, tuple(t.stride())
+            shape,
+            t.dtype,
+            device if device is not None else t.device,
+            stride if _dense(shape, stride) else None,
         )
 
     def strides_match(self, t: torch.Tensor) -> bool:
@@ -42,3 +51,14 @@ class TensorSpec:
         if self.stride is None:
             return torch.empty(self.shape, dtype=self.dtype, device=dev)
         return torch.empty_strided(self.shape, self.stride, dtype=self.dtype, device=dev)
+
+
+def _dense(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether `stride` lays `shape` out densely without overlap: sorted by stride, every
+    dimension of size > 1 steps over exactly the elements of the ones inside it."""
+    expected = 1
+    for n, st in sorted(((n, st) for n, st in zip(shape, stride) if n > 1), key=lambda d: d[::-1]):
+        if st != expected:
+            return False
+        expected *= n
+    return True
