@@ -64,6 +64,9 @@ class _Microbatch:
     versions: list[tuple[int, torch.Tensor, int]]  # (input index, input, version at forward)
     stage: str = "F"  # "F" after forward, "I" after backward_input
     frozen: frozenset[str] = field(default_factory=frozenset)  # as told to backward_input
+    # storages .grad must not adopt: the tangents (the caller's grad_output, a receive buffer,
+    # the loss seed) and the input gradients handed out (see _accumulate)
+    held: set[int] = field(default_factory=set)
 
 
 class StageProgram:
@@ -74,6 +77,9 @@ class StageProgram:
     ``input_flops``, ``forward_flops``, ``is_loss_stage``, ``input_requires_grad``, and for
     inspection ``fw_graph``, ``bw_graph`` and ``split``). ``region_calls`` counts region runs;
     ``last_times`` holds the seconds of the last backward_input and of each region.
+    ``grad_scale`` (group -> factor, empty by default) multiplies a group's weight gradient
+    before it is accumulated: ``grad="rescale"`` sets it per step, so each use of a tied
+    parameter is scaled by its own count before the uses are summed.
     """
 
     def __init__(
@@ -88,6 +94,7 @@ class StageProgram:
         # wall seconds of the last backward_input ("input") and of each region that last ran
         self.last_times: dict[str, float] = {}
         self._state: dict[int, _Microbatch] = {}
+        self.grad_scale: dict[str, float] = {}
         self._forward_fn = self.backend.forward(traced.fw_graph)
         self._region_fns: dict[tuple[str, str], GraphFn] = {}
 
@@ -158,7 +165,8 @@ class StageProgram:
                 "backward_input for it"
             )
         _check_unmodified(mb, st.versions)
-        st.env.update(zip(t.tangent_names, self._tangents(grad_outputs)))
+        tangents = self._tangents(grad_outputs)
+        st.env.update(zip(t.tangent_names, tangents))
         unfrozen = [g for g in t.group_order if g not in frozen]
         k = t.group_order.index(unfrozen[0]) if unfrozen else len(t.group_order)
         region = t.split.input_variant(k)
@@ -175,6 +183,8 @@ class StageProgram:
         n_in = len(t.split.input_grads)
         st.env.update((n, v) for n, v in zip(region.outputs[n_in:], outs[n_in:]) if n in keep)
         st.stage, st.frozen = "I", frozen
+        st.held = {_storage(x) for x in tangents}
+        st.held.update(_storage(g) for g in outs[:n_in] if isinstance(g, torch.Tensor))
         grads: list[torch.Tensor | None] = [None] * len(t.input_specs)
         for pos, g in zip(t.input_grad_slots, outs[:n_in]):
             grads[pos] = g
@@ -195,6 +205,11 @@ class StageProgram:
                 "backward_input was told they were frozen: pass the same frozen set to both"
             )
         env = st.env
+        # like eager AccumulateGrad, .grad adopts only a tensor nothing else holds
+        held = st.held
+        held.update(_storage(v) for v in env.values() if isinstance(v, torch.Tensor))
+        held.update(_storage(v) for v in (*t.params.values(), *t.buffers.values()))
+        held.update(_storage(p.grad) for p in t.params.values() if p.grad is not None)
         todo = [g for g in reversed(t.group_order) if g not in frozen]
         remaining = Counter(n for g in todo for n in t.split.regions[g].inputs)
         try:
@@ -210,8 +225,11 @@ class StageProgram:
                     outs = self._region_fn("W", region)(args)
                     del args
                     self.region_calls[g] += 1
+                    scale = self.grad_scale.get(g)
                     for pname, grad in zip(t.region_params[g], outs):
-                        _accumulate(t.params[pname], grad)
+                        if scale is not None:  # per use, before uses are summed
+                            grad = grad * scale
+                        _accumulate(t.params[pname], grad, held)
                     self.last_times[g] = time.perf_counter() - t0
         finally:
             del self._state[mb]
@@ -402,12 +420,29 @@ def _check_unmodified(mb: int, versions: Sequence[tuple[int, torch.Tensor, int]]
             )
 
 
-def _accumulate(p: torch.Tensor, g: torch.Tensor) -> None:
-    """Add a region's gradient into ``p.grad``; a first gradient is adopted (copied to p's
-    layout and dtype when they differ, as autograd's accumulation does)."""
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def _accumulate(p: torch.Tensor, g: torch.Tensor, held: set[int]) -> None:
+    """Add a region's gradient into ``p.grad`` like eager AccumulateGrad.
+
+    A first gradient is adopted only when nothing else holds its storage: not in `held` (the
+    tangents, input gradients handed out, saved values, parameters, other .grads, a gradient
+    already adopted in this call sequence), a whole storage of its own, and p's layout and
+    dtype; otherwise .grad is a copy. The adopted storage joins `held`, so a value returned
+    twice by a region, or for two parameters, is copied the second time."""
     if p.grad is None:
-        if g.stride() != p.stride() or g.dtype != p.dtype:
+        ptr = _storage(g)
+        if (
+            ptr in held
+            or g.stride() != p.stride()
+            or g.dtype != p.dtype
+            or g.untyped_storage().nbytes() != g.numel() * g.element_size()
+        ):
             g = torch.empty_like(p).copy_(g)
+            ptr = _storage(g)
+        held.add(ptr)
         p.grad = g
     else:
         p.grad.add_(g)

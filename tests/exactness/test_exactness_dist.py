@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).parent / "workers" / "exactness_worker.py"
-COMM_CASES = "k1_accumulate_two_steps,k6_frozen_everywhere,k6_rescale_per_use"
+COMM_CASES = (
+    "k1_accumulate_two_steps,k1_two_biases_two_steps,k6_frozen_everywhere,"
+    "k6_rescale_per_use,k6_partial_freeze_two_steps"
+)
 
 pytestmark = pytest.mark.slow
 
@@ -48,22 +51,24 @@ def check(run: dict, case: str, atol: float = 1e-5) -> None:
         assert v["err"] <= atol, (rank, v)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 kind 1: a received gradient buffer (reused "
-                   "next step) and the gradient sent upstream become .grad (trace._accumulate)")
 def test_k1_accumulation_over_two_steps_under_torchrun(comm_run):
     check(comm_run, "k1_accumulate_two_steps")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 kind 6: Pipeline._reduce_tied_grads turns a "
-                   "None .grad into zeros before the all-reduce, so AdamW moves the weight")
+def test_k1_two_biases_at_both_boundaries_two_steps_under_torchrun(comm_run):
+    check(comm_run, "k1_two_biases_two_steps")
+
+
 def test_k6_tied_weight_frozen_everywhere_keeps_grad_none_on_every_rank(comm_run):
     check(comm_run, "k6_frozen_everywhere", atol=0.0)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 kind 6: Freezer._rescale scales the reduced "
-                   "tied gradient by each rank's own group count (copies diverge)")
 def test_k6_rescale_tied_weight_per_use_and_copies_bit_identical(comm_run):
     check(comm_run, "k6_rescale_per_use", atol=1e-6)
+
+
+def test_k6_partial_freeze_drop_and_rescale_two_adamw_steps_under_torchrun(comm_run):
+    check(comm_run, "k6_partial_freeze_two_steps")
 
 
 def test_k7_forward_only_stage_under_torchrun(forward_only_run):

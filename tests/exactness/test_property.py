@@ -104,6 +104,14 @@ def test_random_stages_supported_today(case):
     run_case(case)
 
 
+@SETTINGS
+@given(stage_cases(batch_sizes=[1, 2], outputs=["one"], allow_offset_with_batch_1=True))
+def test_random_stages_with_pass_through_gradients(case):
+    """Kind 1 (gradient ownership): as above, plus a learned offset at microbatch size 1, whose
+    gradient is the grad_output (or the input gradient) itself; one output."""
+    run_case(case)
+
+
 @pytest.mark.xfail(strict=True, reason="issue 11 kinds 1 and 2: pass-through gradients at "
                    "microbatch size 1 are stolen into .grad (trace._accumulate); outputs "
                    "aliasing an output or the input are refused (trace_stage output matching)")

@@ -241,35 +241,47 @@ def test_seed_changes_the_choice() -> None:
     assert histories[0] != histories[1]
 
 
-def test_rescale_divides_by_contributing_microbatches() -> None:
-    grads = {}
+def test_rescale_factor_per_group_is_m_over_contributing_microbatches() -> None:
+    """grad="rescale": the step scales each use (stage, group) by M / count before it is
+    accumulated (Freezer.grad_scales); "drop" scales nothing; after_step leaves .grad alone
+    (the semantics are applied during the step, so tied uses are scaled once each)."""
+    # 3 of 4 microbatches freeze g0 of stage 0, all 4 freeze g1, 2 of 4 freeze g2 of stage 2
+    frozen = {(0, m): frozenset({"g0", "g1"}) for m in range(3)}
+    frozen[(0, 3)] = frozenset({"g1"})
+    frozen.update({(2, m): frozenset({"g2"}) for m in (1, 3)})
+    scales = {}
     for mode in ("drop", "rescale"):
         run = Run()
         freezer = run.freezer(FreezeConfig(policy="none", grad=mode))
         freezer.before_step(0)
-        # 3 of 4 microbatches freeze g0 of stage 0; all 4 freeze g1
-        frozen = {(0, m): frozenset({"g0", "g1"}) for m in range(3)}
-        frozen[(0, 3)] = frozenset({"g1"})
+        scales[mode] = freezer.grad_scales(frozen)
         run.params["s0.g0.w"].grad = torch.ones(5)
         run.params["s0.g1.w"].grad = None
-        run.params["s0.g2.w"].grad = torch.full((5,), 2.0)
+        run.params["s2.g2.w"].grad = torch.full((5,), 2.0)
         freezer.after_step(0.1, None, frozen=frozen)
-        grads[mode] = {n: None if p.grad is None else p.grad.clone() for n, p in run.params.items()}
-    assert torch.equal(grads["drop"]["s0.g0.w"], torch.ones(5))
-    assert torch.equal(grads["rescale"]["s0.g0.w"], torch.full((5,), 4.0))  # M / 1
-    assert grads["rescale"]["s0.g1.w"] is None  # no contribution: stays None
-    assert torch.equal(grads["rescale"]["s0.g2.w"], torch.full((5,), 2.0))  # all M contributed
+        assert torch.equal(run.params["s0.g0.w"].grad, torch.ones(5)), mode
+        assert run.params["s0.g1.w"].grad is None, mode  # no contribution: stays None
+        assert torch.equal(run.params["s2.g2.w"].grad, torch.full((5,), 2.0)), mode
+    assert scales["drop"] == {}
+    # M / 1 and M / 2; groups every microbatch (or none) contributed to are not scaled
+    assert scales["rescale"] == {(0, "g0"): 4.0, (2, "g2"): 2.0}
 
 
 def test_rescale_uses_the_mapping_the_step_really_used() -> None:
     run = Run()
     freezer = run.freezer(FreezeConfig(policy="none", grad="rescale"))
     assert freezer.before_step(0) == {}
-    run.params["s1.g3.w"].grad = torch.ones(5)
+    assert freezer.grad_scales({}) == {}
     override = {(1, m): {"g3"} for m in range(2)}  # the caller froze g3 in 2 of 4 microbatches
+    assert freezer.grad_scales(override) == {(1, "g3"): 2.0}
     freezer.after_step(0.1, None, frozen=override)
-    assert torch.equal(run.params["s1.g3.w"].grad, torch.full((5,), 2.0))
     assert freezer.actual_ratios[1] == pytest.approx(0.5 * 4 / 10)
+    # a rank holding only stage 1 gets the factors of its own groups, the same ones
+    rank_run = Run(local=[1])
+    rank = rank_run.freezer(FreezeConfig(policy="none", grad="rescale"))
+    rank.before_step(0)
+    both = {**override, (0, 0): {"g0"}}
+    assert rank.grad_scales(both) == {(1, "g3"): 2.0}
 
 
 def test_replan_only_when_drifted_and_adopted_only_when_faster() -> None:

@@ -306,15 +306,27 @@ class Freezer:
         self._frozen = self._decide(step)
         return dict(self._frozen)
 
+    def grad_scales(self, frozen: Mapping[ActionKey, frozenset[str]]) -> dict[GroupKey, float]:
+        """Factor per (stage, group) that the step applies to each use's weight gradient
+        before accumulating it, for the frozen mapping the step runs with: M / count under
+        ``grad="rescale"`` where only some microbatches contributed, nothing under "drop"."""
+        if self.config.grad != "rescale":
+            return {}
+        M = self.num_microbatches
+        contributing = grads.contributing_microbatches(self.members, frozen, M)
+        return grads.rescale_factors(contributing, M)
+
     def after_step(
         self,
         step_time: float,
         loss: float | None = None,
         frozen: Mapping[ActionKey, frozenset[str]] | None = None,
     ) -> None:
-        """Record the step; apply the grad semantics to the parameters' ``.grad``.
+        """Record the step and feed the gradient norms to AutoFreeze.
 
-        Called after gradients are on the parameters and before the optimizer step.
+        Called after gradients are on the parameters and before the optimizer step. The grad
+        semantics are already in ``.grad``: "rescale" is applied per use during the step
+        (:meth:`grad_scales`).
         ``frozen`` is what the step really froze when the caller overrode
         :meth:`before_step`'s answer (default: that answer).
         """
@@ -324,8 +336,6 @@ class Freezer:
         self._counters.loss = None if loss is None else float(loss)
         M = self.num_microbatches
         contributing = grads.contributing_microbatches(self.members, self._frozen, M)
-        if self.config.grad == "rescale":
-            grads.rescale(self._params, self.members, contributing, M)
         if self._autofreeze is not None:
             dropped = self.config.grad == "drop"
             self._autofreeze.observe(

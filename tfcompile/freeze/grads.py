@@ -2,8 +2,9 @@
 
 A group frozen in some microbatches of a step gets weight gradients from the others only.
 Under ``grad="drop"`` they stay as they are (each microbatch's loss is seeded with 1/M, so the
-gradient is the sum over the contributing ones / M); under ``grad="rescale"`` they are scaled
-to the mean over the contributing microbatches. The per-group norms feed AutoFreeze.
+gradient is the sum over the contributing ones / M); under ``grad="rescale"`` each use of a
+group is scaled to the mean over the microbatches that contributed to it, before the uses of a
+tied parameter are summed (see :func:`rescale_factors`). The per-group norms feed AutoFreeze.
 """
 
 from __future__ import annotations
@@ -32,21 +33,18 @@ def contributing_microbatches(
     return counts
 
 
-def rescale(
-    params: Mapping[str, torch.nn.Parameter],
-    members: Members,
-    contributing: Mapping[GroupKey, int],
-    num_microbatches: int,
-) -> None:
-    """Mean over contributing microbatches: scale ``.grad`` by M / count where 0 < count < M."""
-    for (stage, group), count in contributing.items():
-        if count <= 0 or count >= num_microbatches:
-            continue
-        factor = num_microbatches / count
-        for name in members[stage][group]:
-            param = params.get(name)
-            if param is not None and param.grad is not None:
-                param.grad.mul_(factor)
+def rescale_factors(
+    contributing: Mapping[GroupKey, int], num_microbatches: int
+) -> dict[GroupKey, float]:
+    """``grad="rescale"``: the factor M / count of each group that only some microbatches
+    contributed to (0 < count < M). The program applies it to the group's weight gradient of
+    each microbatch before accumulating, so every use of a tied parameter is scaled by its
+    own count before the uses are summed (in the stage, across stages, across ranks)."""
+    return {
+        key: num_microbatches / count
+        for key, count in contributing.items()
+        if 0 < count < num_microbatches
+    }
 
 
 def grad_norms(

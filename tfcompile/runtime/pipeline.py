@@ -284,6 +284,11 @@ class Pipeline:
         frozen = self._check_frozen(decided if frozen is None else frozen)
         self.last_frozen = frozen
         M = self.num_microbatches
+        # grad="rescale": each use (stage, group) is scaled by its own count inside the
+        # backward, before tied uses are summed or all-reduced
+        scales = self.freezer.grad_scales(frozen) if self.freezer is not None else {}
+        for stage, program in self.stage_programs.items():
+            program.grad_scale = {g: f for (s, g), f in scales.items() if s == stage}
         with self._reporting_failures(with_traceback=True):
             seed = torch.tensor(1.0 / M, dtype=self.loss_dtype, device=self.device)
             losses = self.runner.run_step(
@@ -422,9 +427,19 @@ class Pipeline:
         return stage_inputs, target_mbs
 
     def _reduce_tied_grads(self) -> None:
+        """Sum the gradients of parameters held on several ranks. The ranks first agree which
+        of them got a gradient anywhere: one that got none (frozen in every use) keeps .grad
+        None on every rank, so an optimizer leaves it alone; a rank without a gradient for
+        one that did joins with zeros."""
         for names, group in self.tied_groups:
-            for name in names:
-                param = self._local_param_names[name]
+            params = [self._local_param_names[name] for name in names]
+            has = torch.tensor(
+                [p.grad is not None for p in params], dtype=torch.int32, device=params[0].device
+            )
+            dist.all_reduce(has, op=dist.ReduceOp.MAX, group=group)
+            for param, any_grad in zip(params, has.tolist()):
+                if not any_grad:
+                    continue
                 if param.grad is None:
                     param.grad = torch.zeros_like(param)
                 dist.all_reduce(param.grad, group=group)

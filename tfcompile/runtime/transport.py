@@ -211,6 +211,9 @@ class DistTransport:
             self.sends.append((work, tensor, key))
 
     def take(self, key: MessageKey) -> tuple:
+        """The tensors of message `key`. A remote message arrives in the key's receive
+        buffers, which the next step receives into again: consumers use them within the step
+        and never keep them (StageProgram never adopts a tangent as a parameter's .grad)."""
         if not self._is_remote(key):
             return self.local.pop(key)
         if key not in self.posted:

@@ -111,6 +111,47 @@ def case_k1_accumulate_two_steps(schedule: str) -> dict:
     return {"err": max(errs.values()), "parts": errs}
 
 
+class TwoBias(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(1, 3, 4))
+        self.b = nn.Parameter(torch.randn(1, 3, 4))
+
+    def forward(self, x):
+        return x + self.a + self.b
+
+
+def case_k1_two_biases_two_steps(schedule: str) -> dict:
+    """Own example: two biases at the end of stage 0 (both gradients are the receive buffer)
+    and two at the start of stage 1 (both are the gradient sent upstream), microbatch size 1;
+    per optimizer step two pipe.step() calls accumulate without zero_grad, 2 AdamW steps."""
+    torch.manual_seed(6)
+    model = nn.Sequential(Res(), TwoBias(), TwoBias(), Res(), Head())
+    ref = copy.deepcopy(model)
+    loss = nn.functional.cross_entropy
+    gen = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(3, 3, 4, generator=gen), torch.randint(0, 3, (3,), generator=gen))
+               for _ in range(4)]
+    pipe = tfcompile.compile(model, schedule=schedule, microbatches=3,
+                             example_inputs=(batches[0][0][:1],), loss_fn=loss,
+                             example_target=batches[0][1][:1], split_points=["2"])
+    opt = torch.optim.AdamW(pipe.parameters(), lr=1e-2, weight_decay=0.1)
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1)
+    errs = {}
+    for i in range(2):
+        opt.zero_grad(set_to_none=True)
+        ref_opt.zero_grad(set_to_none=True)
+        for X, Y in batches[2 * i : 2 * i + 2]:
+            pipe.step(X, Y)
+            eager_accumulate(ref, X, Y, 3, loss)
+        errs[f"grad_{i}"] = worst(pipe, ref, "grad")
+        opt.step()
+        ref_opt.step()
+        errs[f"params_{i}"] = worst(pipe, ref)
+    pipe.close()
+    return {"err": max(errs.values()), "parts": errs}
+
+
 # ------------------------------------------------------------------ kind 6
 class TiedHead(nn.Module):
     def __init__(self, emb):
@@ -208,6 +249,66 @@ def case_k6_rescale_per_use(_schedule: str) -> dict:
             "ratio": (got.norm() / want.norm()).item()}
 
 
+def eager_tied_grads(ref, X, Y, frozen_uses, grad, M=2):
+    """Eager .grad of a tied_lm deep copy for one step, the embedding use ("emb") and the
+    head use ("head") of the tied weight as separate leaves; frozen_uses[m] names the uses
+    frozen in microbatch m; "rescale" scales each use by M / its own count."""
+    head_w = nn.Parameter(ref[0].weight.detach().clone())
+    others = [(n, p) for n, p in ref.named_parameters() if n != "0.weight"]
+    per_use = {"emb": [], "head": []}
+    for m, (a, b) in enumerate(zip(X.chunk(M), Y.chunk(M))):
+        h = ref[2](ref[1](ref[0](a)))
+        loss = lm_loss((h @ head_w.t()).flatten(0, 1), b) / M
+        got = torch.autograd.grad(loss, [ref[0].weight, head_w] + [p for _, p in others])
+        for use, g in zip(("emb", "head"), got[:2]):
+            if use not in frozen_uses.get(m, ()):
+                per_use[use].append(g)
+        for (_, p), g in zip(others, got[2:]):
+            p.grad = g.clone() if p.grad is None else p.grad + g
+    total = None
+    for grads in per_use.values():
+        if grads:
+            use = torch.stack(grads).sum(0)
+            if grad == "rescale":
+                use = use * (M / len(grads))
+            total = use if total is None else total + use
+    ref[0].weight.grad = total
+
+
+def case_k6_partial_freeze_two_steps(_schedule: str) -> dict:
+    """Own example: the embedding use (rank 0) is frozen in microbatch 0, the head use
+    (rank 1) in both, under grad="drop" then grad="rescale"; 2 AdamW steps each:
+    parameters equal eager's and the two ranks' copies of the tied weight stay bit-identical
+    (gradients and values)."""
+    errs, identical = {}, True
+    for grad in ("drop", "rescale"):
+        model = tied_lm(6)
+        X, Y = lm_data(7)
+        ref = copy.deepcopy(model)
+        pipe = compile_lm(model, X, Y, grad)
+        groups = tied_groups(pipe)
+        # the embedding use in microbatch 0, the head use in both: counts 1 and 0
+        frozen = {(s, m): frozenset({g}) for s, g in groups.items() for m in range(s + 1)}
+        opt = torch.optim.AdamW(pipe.parameters(), lr=1e-2, weight_decay=0.1)
+        ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1)
+        for i in range(2):
+            opt.zero_grad(set_to_none=True)
+            ref_opt.zero_grad(set_to_none=True)
+            pipe.step(X, Y, frozen=frozen)
+            eager_tied_grads(ref, X, Y, {0: {"emb", "head"}, 1: {"head"}}, grad)
+            errs[f"{grad}_grad_{i}"] = worst(pipe, ref, "grad")
+            copies = pipe.all_gather_object(model[0].weight.grad.tolist())
+            identical &= all(c == copies[0] for c in copies)
+            opt.step()
+            ref_opt.step()
+            copies = pipe.all_gather_object(model[0].weight.tolist())
+            identical &= all(c == copies[0] for c in copies)
+        errs[f"{grad}_params"] = worst(pipe, ref)
+        pipe.close()
+    return {"err": max(errs.values()) if identical else float("inf"), "identical": identical,
+            "parts": errs}
+
+
 # ------------------------------------------------------------------ kind 7
 def case_k7_forward_only(schedule: str) -> dict:
     """Frozen embedding + first layer: stage 0 (rank 0) is forward-only; two AdamW steps."""
@@ -295,6 +396,8 @@ CASES = {
     "k1_accumulate_two_steps": case_k1_accumulate_two_steps,
     "k6_frozen_everywhere": case_k6_frozen_everywhere,
     "k6_rescale_per_use": case_k6_rescale_per_use,
+    "k1_two_biases_two_steps": case_k1_two_biases_two_steps,
+    "k6_partial_freeze_two_steps": case_k6_partial_freeze_two_steps,
     "k7_forward_only": case_k7_forward_only,
 }
 
