@@ -4,16 +4,15 @@ A stage is a random sequence of ops over a hidden state: two Linears that may be
 (several uses of one parameter), a learned offset added to the state (a gradient that passes
 straight through), a tied use of a Linear's weight in another op, in-place ops on non-leaf
 tensors; outputs may alias each other or the input; microbatch size 1 or 2; every microbatch
-freezes a random set of groups. The passing variant draws the features that work today; the
-xfail variant adds the ones of kinds 1 and 2 and flips when they are fixed.
+freezes a random set of groups. The narrower variants pin down which feature a failure
+comes from; the all-features variant draws them together.
 """
 
 from __future__ import annotations
 
-import pytest
 import torch
 from exact_helpers import program_grads_vs_eager
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -21,8 +20,6 @@ D = 4
 GROUPS = ("lin0", "lin1", "offset")
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])
-# the xfail variant fails fast today: no shrinking (it would cost most of the run)
-NO_SHRINK = settings(SETTINGS, phases=[Phase.explicit, Phase.generate])
 
 
 class Offset(nn.Module):
@@ -98,7 +95,7 @@ def run_case(case):
 
 @SETTINGS
 @given(stage_cases(batch_sizes=[1, 2], outputs=["one"], allow_offset_with_batch_1=False))
-def test_random_stages_supported_today(case):
+def test_random_stages_one_output(case):
     """Reused/tied parameters, in-place ops on non-leaf tensors, random frozen sets, microbatch
     size 1 or 2; one output; no pass-through parameter gradient at microbatch size 1."""
     run_case(case)
@@ -112,11 +109,11 @@ def test_random_stages_with_pass_through_gradients(case):
     run_case(case)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 kinds 1 and 2: pass-through gradients at "
-                   "microbatch size 1 are stolen into .grad (trace._accumulate); outputs "
-                   "aliasing an output or the input are refused (trace_stage output matching)")
-@NO_SHRINK
+@settings(SETTINGS, max_examples=30)
 @given(stage_cases(batch_sizes=[1, 2], outputs=["one", "alias_output", "alias_input"],
                    allow_offset_with_batch_1=True))
 def test_random_stages_all_features(case):
+    """Every feature together: kinds 1 (pass-through gradients at microbatch size 1) and 2
+    (outputs aliasing another output or the input) on top of tied/reused parameters, in-place
+    ops on non-leaf tensors and random frozen sets."""
     run_case(case)
