@@ -5,6 +5,8 @@
 - Passes (``tfcompile/passes/``) know graphs: they never read private attributes (``x._name``)
   of the objects they are handed (a StageProgram, a TracedStage), only public fields and
   ``node.meta``.
+- The import graph between tfcompile's modules has no cycle, counting every import: at module
+  level, inside functions (lazy) and under ``TYPE_CHECKING``.
 """
 
 import ast
@@ -102,3 +104,60 @@ def test_the_checks_catch_what_they_look_for():
     assert private_attribute_reads(tree) == ["4: ._C", "5: ._version", "6: ._saved_names"]
     # the compat module is where they live (it must keep matching, or the check is blind)
     assert private_torch_uses(ast.parse(COMPAT.read_text()))
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    name = ".".join(parts)
+    return name.removesuffix(".__init__")
+
+
+def import_graph() -> dict[str, set[str]]:
+    """tfcompile module -> the tfcompile modules it imports, wherever the import stands."""
+    modules = {_module_name(p): p for p in SOURCES}
+    edges: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tfcompile"):
+                targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names if a.name.startswith("tfcompile")]
+            for target in targets:
+                if target in modules and target != name:
+                    edges[name].add(target)
+                    break
+    return edges
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path ``[a, b, ..., a]``, or None (depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        path.append(n)
+        for m in sorted(edges[n]):
+            if state.get(m) == 1:
+                return path[path.index(m) :] + [m]
+            if m not in state and (found := visit(m)):
+                return found
+        path.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(edges):
+        if n not in state and (found := visit(n)):
+            return found
+    return None
+
+
+def test_import_graph_has_no_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None

@@ -16,14 +16,11 @@ the user's choice into groups:
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from torch import nn
 
 from tfcompile.errors import GroupError
-
-if TYPE_CHECKING:
-    from tfcompile.split import StageSpec
 
 __all__ = [
     "ROOT_GROUP",
@@ -152,7 +149,16 @@ def groups_by_block(module: nn.Module, block_names: Sequence[str]) -> dict[str, 
     return groups
 
 
-def stage_groups(groups: GroupChoice, spec: StageSpec, model_names: Collection[str]):
+class StageLike(Protocol):
+    """What stage_groups reads of a stage (``split.StageSpec`` has it): the stage module, the
+    model names of its blocks and its parameters' model names."""
+
+    module: nn.Module
+    block_names: Sequence[str]
+    param_names: Mapping[str, str]
+
+
+def stage_groups(groups: GroupChoice, spec: StageLike, model_names: Collection[str]):
     """Translate the user's group choice (in model names) into trace_stage's, for one stage.
 
     Group names stay model names, so every rank reports the same group for a parameter; the

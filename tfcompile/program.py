@@ -1,6 +1,6 @@
 """StageProgram: runs a traced stage, microbatch by microbatch.
 
-A :class:`~tfcompile.trace.TracedStage` is what tracing found (graphs, names, specs, groups);
+A :class:`TracedStage` is what tracing (``tfcompile.trace``) found (graphs, names, specs, groups);
 a StageProgram is the execution state machine over it. Per microbatch it goes
 ``forward`` -> ``backward_input`` -> ``backward_weight`` (or ``backward`` for both), keeping
 between the calls only what the next one reads: the saved activations after the forward, the
@@ -15,25 +15,73 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.fx as fx
+from torch import nn
 
 from tfcompile import _torch_compat as compat
 from tfcompile.errors import GroupError, RuntimeConfigError, TraceError
-from tfcompile.passes.split_weight_grad import INPUT, Region
+from tfcompile.passes.split_weight_grad import INPUT, Region, SplitBackward
+from tfcompile.tensor_spec import TensorSpec
 
-if TYPE_CHECKING:
-    from tfcompile.trace import TracedStage
-
-__all__ = ["Backend", "EagerBackend", "GraphFn", "StageProgram"]
+__all__ = ["Backend", "EagerBackend", "GraphFn", "StageProgram", "TracedStage"]
 
 # A runnable graph: takes its inputs as one list, which it may clear to free inputs early (the
 # boxed calling convention), and returns the graph's outputs in order.
 GraphFn = Callable[[list], Sequence[Any]]
+
+
+@dataclass(frozen=True, eq=False)
+class TracedStage:
+    """Everything tracing found about one stage; what a StageProgram (or a backend) runs.
+
+    Flat graph inputs are ``params, buffers, inputs[, target]`` in the order of the name
+    fields; the forward returns ``mutated buffers, user outputs, saved values``; the backward
+    takes ``saved values, tangents`` and returns one gradient per flat input. Compared by
+    identity (``eq=False``): two traces are never "equal" by their graph objects.
+    """
+
+    module: nn.Module = field(repr=False)
+    fw_graph: fx.GraphModule = field(repr=False)  # forward, as traced
+    # backward, as traced (before the split); None for a forward-only stage
+    bw_graph: fx.GraphModule | None = field(repr=False)
+    # backward_input variants and one weight-gradient region per group (None: forward-only)
+    split: SplitBackward | None = field(repr=False)
+    params: Mapping[str, torch.Tensor] = field(repr=False)  # live parameters, canonical names
+    buffers: Mapping[str, torch.Tensor] = field(repr=False)  # the module's live buffers
+    param_names: tuple[str, ...]  # forward placeholders, in order
+    buffer_names: tuple[str, ...]
+    mutated_buffers: tuple[str, ...]  # buffers the forward updates (returned first)
+    input_specs: tuple[TensorSpec, ...]  # one per example input
+    input_requires_grad: tuple[bool, ...]  # whether each input gets a gradient
+    is_loss_stage: bool  # the forward returns loss_fn(outputs, target)
+    num_outputs: int  # user outputs of the forward (1 for a loss stage)
+    output_spec: Any  # pytree spec that rebuilds the module's output structure
+    saved_names: tuple[str, ...]  # backward placeholders holding saved forward values
+    tangent_names: tuple[str, ...]  # backward placeholders holding output gradients
+    tangent_outputs: tuple[int, ...]  # user output index of each tangent
+    tangent_specs: tuple[TensorSpec, ...]  # shape/dtype/device of each tangent
+    groups: dict[str, list[str]]  # group -> parameter names, in group_order
+    group_order: list[str]  # groups in order of first use in the forward
+    region_params: dict[str, list[str]]  # group -> parameters its region returns, in order
+    input_grad_slots: tuple[int, ...]  # input index of each input gradient backward_input returns
+    region_flops: dict[str, Any]  # group -> FLOPs of its weight-gradient region
+    input_flops: Any  # FLOPs of backward_input with nothing frozen
+    forward_flops: Any
+    # the context the graphs were traced in (kind 3): module.training of every submodule in
+    # module.modules() order, and the autocast state (see ``trace_context``)
+    training_flags: tuple[bool, ...] = ()
+    autocast_state: tuple = ()
+    # no backward (kind 7): nothing needs a gradient; bw_graph and split are None, no groups
+    forward_only: bool = False
+    # a loss stage's target: the pytree spec that rebuilds it from its leaves (graph inputs
+    # after the stage inputs) and each leaf's shape/dtype/device
+    target_spec: Any = None
+    target_specs: tuple[TensorSpec, ...] = ()
 
 
 class Backend(Protocol):
@@ -266,8 +314,6 @@ class StageProgram:
     def check_context(self) -> None:
         """Refuse to run in a context other than the traced one (kind 3): every submodule's
         ``training`` flag and the ambient autocast state must be as at trace time."""
-        from tfcompile.trace import autocast_state, training_flags
-
         t = self.traced
         if t.training_flags and training_flags(t.module) != t.training_flags:
             now = training_flags(t.module)
@@ -446,3 +492,22 @@ def _accumulate(p: torch.Tensor, g: torch.Tensor, held: set[int]) -> None:
         p.grad = g
     else:
         p.grad.add_(g)
+
+
+def training_flags(module: nn.Module) -> tuple[bool, ...]:
+    """``training`` of every submodule, in ``module.modules()`` order: the mode pattern a
+    program is traced for (dropout on/off, batch statistics vs running statistics)."""
+    return tuple(m.training for m in module.modules())
+
+
+def autocast_state() -> tuple:
+    """The ambient autocast state, ``((device_type, enabled, dtype), ...)`` for cpu and cuda:
+    a traced graph has the casts of the state it was traced in."""
+    out = []
+    for dev in ("cpu", "cuda"):
+        try:
+            on = torch.is_autocast_enabled(dev)
+            out.append((dev, on, torch.get_autocast_dtype(dev) if on else None))
+        except (TypeError, RuntimeError):  # a device type this build does not know
+            continue
+    return tuple(out)
