@@ -22,6 +22,7 @@ from tfcompile import _torch_compat as compat
 from tfcompile import schedules
 from tfcompile.errors import RuntimeConfigError, TraceError
 from tfcompile.freeze.config import FreezeConfig
+from tfcompile.groups import stage_groups
 from tfcompile.runtime import distributed
 from tfcompile.runtime.executor import interleave
 from tfcompile.runtime.pipeline import DEFAULT_TIMER_WINDOW, Pipeline
@@ -31,13 +32,6 @@ from tfcompile.split import StageSpec, split_model, stage_example_inputs
 
 DEFAULT_TIMEOUT_S = 300.0
 _pipeline_ids = itertools.count()
-
-
-def _group_spec(groups, spec: StageSpec, model_names: set[str]):
-    """Translate the user's group choice into trace_stage's, for one stage (see groups.py)."""
-    from tfcompile.groups import stage_groups
-
-    return stage_groups(groups, spec, model_names)
 
 
 def _specs(tensors: Sequence[torch.Tensor], device) -> tuple[TensorSpec, ...]:
@@ -272,7 +266,7 @@ def _trace_local_stages(
                 inputs,
                 loss_fn=loss_fn if last else None,
                 example_target=_to(example_target, device) if last else None,
-                groups=_group_spec(groups, spec, model_names),
+                groups=stage_groups(groups, spec, model_names),
             )
         except TraceError as e:  # say which of the model's blocks the stage holds
             raise TraceError(f"stage {s} (blocks {', '.join(spec.block_names)}): {e}") from e

@@ -28,8 +28,8 @@ from tfcompile.split import StageSpec
 
 if TYPE_CHECKING:  # annotations only: the runtime does not import the controller or tracer
     from tfcompile.freeze.controller import Freezer
+    from tfcompile.program import StageProgram
     from tfcompile.runtime.transport import DistTransport, FailureSignal, LocalTransport
-    from tfcompile.trace import StageProgram
 
     Transport = DistTransport | LocalTransport
 
@@ -37,7 +37,9 @@ if TYPE_CHECKING:  # annotations only: the runtime does not import the controlle
 DEFAULT_TIMER_WINDOW = 50
 
 
-def _split_batch(batch, microbatches: int, what: str) -> list[tuple]:
+def _chunk_microbatches(batch, microbatches: int, what: str) -> list[tuple]:
+    """A batch (a tensor or a tuple of tensors) cut along dim 0 into `microbatches` equal,
+    contiguous chunks: one tuple per microbatch."""
     tensors = batch if isinstance(batch, (tuple, list)) else (batch,)
     chunks_per_tensor = []
     for t in tensors:
@@ -359,7 +361,7 @@ class Pipeline:
     def _eval_stage_programs(self) -> dict[int, StageProgram]:
         """Forward-only programs of the local stages for the current module modes and autocast
         state, traced on first use and cached per pattern."""
-        from tfcompile.trace import autocast_state, training_flags
+        from tfcompile.program import autocast_state, training_flags
 
         if self._eval_tracer is None:
             raise RuntimeConfigError(
@@ -402,9 +404,8 @@ class Pipeline:
         M = self.num_microbatches
         stage_inputs = []
         if self.has_first_stage:
-            stage_inputs = [
-                tuple(t.to(self.device) for t in mb) for mb in _split_batch(inputs, M, "input")
-            ]
+            chunks = _chunk_microbatches(inputs, M, "input")
+            stage_inputs = [tuple(t.to(self.device) for t in mb) for mb in chunks]
             specs = self.stage_programs[0].traced.input_specs
             _check_microbatch(stage_inputs[0], specs, M, "input", "example_inputs")
         target_mbs = None
@@ -419,7 +420,7 @@ class Pipeline:
                     f"example_target structured as {traced.target_spec}: pass targets of "
                     "the same structure (a tensor, tuple or dict like example_target)"
                 )
-            chunks = _split_batch(tuple(leaves), M, "target")
+            chunks = _chunk_microbatches(tuple(leaves), M, "target")
             _check_microbatch(chunks[0], traced.target_specs, M, "target", "example_target")
             target_mbs = [
                 compat.tree_unflatten([t.to(self.device) for t in mb], tree) for mb in chunks
@@ -474,10 +475,6 @@ class Pipeline:
         parts = [p for g in gathered for p in g[0]]
         arrivals = [a for g in gathered for a in g[1]]
         return CostProfile.from_dict(median_profile(parts, arrivals, self.num_stages, frozen))
-
-    def profile(self, window: int | None = None) -> CostProfile:
-        """Same as :meth:`measured_profile` with nothing frozen (collective)."""
-        return self.measured_profile(window)
 
     def step_times(self, window: int | None = None) -> list[float]:
         """Wall-clock seconds of the last steps on this rank (first action start to last end)."""
