@@ -6,14 +6,29 @@ Used by the examples and the reproduction benchmark; a user with their own loop 
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from tfcompile.train.steplog import StepLog
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """``model.eval()`` inside, every submodule's own ``training`` flag restored after (a
+    submodule the user keeps in eval mode, e.g. frozen BatchNorm, stays so). Pipeline.evaluate
+    traces forward-only programs for the mode pattern it finds, once per pattern."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
 
 
 @dataclass
@@ -72,7 +87,8 @@ def train(
     def evaluate(step: int) -> None:
         if not val_batches:
             return
-        loss = statistics.fmean(pipe.evaluate(x, y) for x, y in val_batches)
+        with eval_mode(pipe.model):  # dropout off, running statistics (as nanoGPT's eval)
+            loss = statistics.fmean(pipe.evaluate(x, y) for x, y in val_batches)
         result.val.append((step, sum(result.step_seconds), loss))  # training time only
         if speaker:
             print(f"step {step:5d} | val loss {loss:.4f}", flush=True)
