@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 
 import pytest
@@ -17,7 +16,6 @@ from tfcompile.models.llama import Llama, LlamaConfig
 from tfcompile.planner import FreezePlanner
 from tfcompile.schedules.generators import _ALIASES
 from tfcompile.schedules.profile import CostProfile
-from tfcompile.split import balanced_cuts, split_model
 
 SCHEDULES = [("GPipe", 2), ("1F1B", 2), ("ZBH1", 2), ("Interleaved1F1B", 4), ("ZBV", 4)]
 
@@ -138,29 +136,8 @@ def test_profile_and_trace(tmp_path):
     assert trace["otherData"]["profile"] == profile.to_dict()
 
 
-def test_split_points_and_balanced_split():
-    model = tiny_llama()
-    example = (batch(0)[0][:2],)
-    specs = split_model(model, None, example, split_points=["layers.2"])
-    assert [s.block_names for s in specs] == [
-        ["tok_embeddings", "layers.0", "layers.1"],
-        ["layers.2", "layers.3", "norm", "output"],
-    ]
-    balanced = split_model(model, 3, example)
-    assert sum(len(s.block_names) for s in balanced) == 7
 
 
-@pytest.mark.parametrize(
-    "costs,parts",
-    [([5, 1, 1, 1, 5], 2), ([1, 2, 3, 4, 5, 6], 3), ([3, 3, 3, 3], 4), ([9, 1, 1, 1, 1, 1, 1], 2)],
-)
-def test_balanced_cuts_match_brute_force(costs, parts):
-    def worst(cuts):
-        bounds = [*cuts, len(costs)]
-        return max(sum(costs[bounds[i] : bounds[i + 1]]) for i in range(parts))
-
-    best = min(worst([0, *c]) for c in itertools.combinations(range(1, len(costs)), parts - 1))
-    assert worst(balanced_cuts(costs, parts)) == best
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -232,29 +209,6 @@ def test_integer_activations_between_stages_travel_without_gradients():
     refs = dict(ref.named_parameters())
     for name, p in pipe.named_parameters():
         torch.testing.assert_close(p.grad, refs[name].grad, rtol=0, atol=1e-6)
-
-
-class NotAComposition(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(4, 4)
-        self.b = nn.Linear(4, 4)
-
-    def forward(self, x):
-        return self.b(x) + self.a(x)  # not b(a(x))
-
-
-def test_model_whose_forward_is_not_a_composition_is_refused():
-    with pytest.raises(RuntimeConfigError, match="pipeline_blocks"):
-        tfcompile.compile(
-            NotAComposition(),
-            schedule="1F1B",
-            stages=2,
-            microbatches=2,
-            example_inputs=(torch.randn(2, 4),),
-            loss_fn=lambda o, t: o.sum(),
-            example_target=torch.zeros(2),
-        )
 
 
 def test_schedule_from_a_torch_format_csv_file(tmp_path):
