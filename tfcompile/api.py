@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -57,8 +58,8 @@ def _to(tree, device):
 
 def compile(  # noqa: A001 - the public name the design asks for
     model: nn.Module,
+    schedule: str | os.PathLike | Schedule = "1F1B",
     *,
-    schedule: str | Schedule = "1F1B",
     stages: int | None = None,
     microbatches: int = 4,
     example_inputs=None,
@@ -79,8 +80,9 @@ def compile(  # noqa: A001 - the public name the design asks for
     says how many pipeline ranks the schedule has). example_inputs and example_target are one
     microbatch's; example_target (and the targets given to step) may be a tensor or a pytree
     of tensors (loss_fn gets the same structure). Stages may pass several tensors, non-float
-    ones (a boolean mask, position ids) included: those get no gradient. Every parameter after
-    `model` is keyword-only.
+    ones (a boolean mask, position ids) included: those get no gradient. `schedule` (a name,
+    a torch-format CSV path or a Schedule) may be given by position, as in
+    ``compile(model, "1F1B", ...)``; every parameter after it is keyword-only.
     """
     if example_inputs is None or loss_fn is None or example_target is None:
         raise RuntimeConfigError(

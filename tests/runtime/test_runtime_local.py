@@ -316,3 +316,17 @@ def test_compile_accepts_every_schedule_alias_like_its_canonical_name(alias):
     assert got.schedule == want.schedule and got.schedule.num_ranks == 2
     assert got.num_stages == want.num_stages == len(got.stage_programs)
     assert got.has_first_stage and got.has_last_stage
+
+
+def test_schedule_may_be_positional_the_rest_is_keyword_only():
+    """`compile(model, "1F1B", ...)` (the form users and the case files write) works; every
+    argument after the schedule is keyword-only."""
+    kwargs = dict(
+        microbatches=2, ranks=2, example_inputs=(torch.randn(2, 4),),
+        loss_fn=nn.functional.mse_loss, example_target=torch.randn(2, 4),
+    )  # fmt: skip
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    pipe = tfcompile.compile(model, "1F1B", **kwargs)
+    assert pipe.schedule.name == "1F1B" and pipe.num_stages == 2
+    with pytest.raises(TypeError):
+        tfcompile.compile(model, "1F1B", None, **kwargs)
