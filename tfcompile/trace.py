@@ -35,6 +35,12 @@ from torch import nn
 from tfcompile import _torch_compat as compat
 from tfcompile.errors import TraceError
 from tfcompile.groups import ROOT_GROUP, GroupChoice, resolve_groups
+from tfcompile.lifting import (
+    LOSS_PREFIX,
+    check_graph_constants,
+    check_plain_tensor_attributes,
+    lift_loss_fn,
+)
 from tfcompile.passes.flops import graph_flops
 from tfcompile.passes.roles import OUTPUT_GROUPS, OUTPUT_ROLES, ROLE, output_node
 from tfcompile.passes.split_weight_grad import INPUT, split_weight_grad
@@ -44,10 +50,6 @@ from tfcompile.tensor_spec import TensorSpec
 
 __all__ = ["ROOT_GROUP", "StageProgram", "TracedStage", "resolve_groups", "trace_stage"]
 
-# kind 4: parameters and buffers of an nn.Module loss_fn are graph inputs of the last stage,
-# named with this prefix; its trainable parameters form the group LOSS_GROUP
-LOSS_PREFIX = "loss_fn."
-LOSS_GROUP = "loss_fn"
 
 
 def trace_stage(
@@ -86,13 +88,13 @@ def trace_stage(
     inputs = _check_example(call, example_inputs, loss_fn, example_target)
     t_leaves, t_spec = _target_leaves(example_target) if loss_fn is not None else ([], None)
     group_map = resolve_groups(module, groups)
-    _check_plain_tensor_attributes(module, loss_fn)
+    check_plain_tensor_attributes(module, loss_fn)
     params = dict(module.named_parameters())
     buffers = dict(module.named_buffers())
     is_loss = loss_fn is not None
     with _rng_kept(), _module_state_kept(module):
         eager_out, probed, boundary = _mutated_buffers(call, params, buffers, inputs)
-    loss_names = _lift_loss_fn(loss_fn, params, buffers, group_map)
+    loss_names = lift_loss_fn(loss_fn, params, buffers, group_map)
     param_names, buffer_names = tuple(params), tuple(buffers)
     needs_grad = _input_grad_flags(inputs, input_requires_grad)
     if forward_only:
@@ -114,7 +116,7 @@ def trace_stage(
         args.extend(t.detach() for t in t_leaves)
     with _rng_kept(), _module_state_kept(module, loss_fn):
         fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(module, fn, args, len(params) + len(buffers))
-    _check_graph_constants(fw_gm, bw_gm, module, loss_fn)
+    check_graph_constants(fw_gm, bw_gm, module, loss_fn)
     if bw_gm is None:  # kind 7: nothing needs a gradient
         return StageProgram(
             _forward_only_stage(
@@ -431,112 +433,6 @@ def _stage_fn(
         return loss
 
     return stage_fn
-
-
-def _lift_loss_fn(
-    loss_fn: Callable | None,
-    params: dict[str, torch.Tensor],
-    buffers: dict[str, torch.Tensor],
-    group_map: dict[str, list[str]],
-) -> tuple[str, ...]:
-    """Kind 4: an nn.Module loss_fn's parameters and buffers become graph inputs of the stage,
-    named ``loss_fn.<name>`` (added to `params`/`buffers` after the module's own), so a class
-    weight traces as an input instead of a real tensor under FakeTensorMode, and a learnable
-    loss parameter (a temperature) gets its gradient like any parameter, in the group
-    ``loss_fn``. Returns the added names."""
-    if not isinstance(loss_fn, nn.Module):
-        return ()
-    names = []
-    for n, t in loss_fn.named_parameters():
-        params[LOSS_PREFIX + n] = t
-        names.append(LOSS_PREFIX + n)
-    for n, t in loss_fn.named_buffers():
-        buffers[LOSS_PREFIX + n] = t
-        names.append(LOSS_PREFIX + n)
-    trainable = [n for n in names if n in params and params[n].requires_grad]
-    if trainable:
-        if LOSS_GROUP in group_map:
-            raise TraceError(
-                f"the stage already has a group named {LOSS_GROUP!r}; it is reserved for the "
-                "loss_fn's parameters: rename that group"
-            )
-        group_map[LOSS_GROUP] = trainable
-    return tuple(names)
-
-
-def _plain_tensors(obj: Any, prefix: str):
-    """(where, tensor) of the tensors an object holds outside _parameters/_buffers: plain
-    module attributes (also in lists/tuples/dicts one level deep) and, for a function, the
-    tensors it closes over or takes as defaults."""
-    if isinstance(obj, nn.Module):
-        for mod_name, m in obj.named_modules():
-            where = f"{prefix}{'.' + mod_name if mod_name else ''}"
-            for attr, v in vars(m).items():
-                if attr.startswith("_"):
-                    continue
-                vals = v.values() if isinstance(v, dict) else v
-                vals = vals if isinstance(v, (dict, list, tuple)) else [v]
-                for t in vals:
-                    if isinstance(t, torch.Tensor) and not isinstance(t, nn.Parameter):
-                        yield f"{type(m).__name__} {where}.{attr}", t
-        return
-    fn = getattr(obj, "__func__", obj)
-    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if _cell_ok(c)]
-    for v in [*cells, *(getattr(fn, "__defaults__", None) or ())]:
-        if isinstance(v, torch.Tensor):
-            yield f"a tensor {prefix} closes over", v
-
-
-def _cell_ok(cell) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018 - empty cells raise
-    except ValueError:
-        return False
-    return True
-
-
-def _refuse_grad_constant(where: str) -> TraceError:
-    return TraceError(
-        f"{where} is a tensor that requires grad but is neither a parameter nor a buffer: the "
-        "traced graph would hold it as a constant and it would silently get no gradient. "
-        "Register it as an nn.Parameter (to train it) or with register_buffer (a constant), "
-        "or .detach() it"
-    )
-
-
-def _check_plain_tensor_attributes(module: nn.Module, loss_fn: Callable | None) -> None:
-    """Kind 4: tensors the stage holds outside its parameters and buffers trace as constants;
-    one that requires grad would silently never be trained, so it is refused up front, naming
-    the module and attribute."""
-    for where, t in _plain_tensors(module, "stage"):
-        if t.requires_grad:
-            raise _refuse_grad_constant(where)
-    if loss_fn is not None:
-        for where, t in _plain_tensors(loss_fn, "loss_fn"):
-            if t.requires_grad:
-                raise _refuse_grad_constant(where)
-
-
-def _check_graph_constants(
-    fw_gm: fx.GraphModule,
-    bw_gm: fx.GraphModule | None,
-    module: nn.Module,
-    loss_fn: Callable | None,
-) -> None:
-    """Kind 4, generic: any real tensor the trace captured as a constant (a plain attribute, a
-    closure, a global) that requires grad would get no gradient: refuse it."""
-    for gm in (fw_gm, bw_gm):
-        if gm is None:  # a forward-only stage has no backward graph
-            continue
-        for node in gm.graph.nodes:
-            if node.op != "get_attr":
-                continue
-            t = getattr(gm, node.target, None)
-            if isinstance(t, torch.Tensor) and t.requires_grad:
-                raise _refuse_grad_constant(
-                    f"a tensor of shape {tuple(t.shape)} that {type(module).__name__}"
-                    f"{' or its loss_fn' if loss_fn is not None else ''} uses"
-                )
 
 
 @contextlib.contextmanager

@@ -210,7 +210,7 @@ class Pipeline:
         # last stage; its program holds them as "loss_fn.<name>"
         last = self.stage_programs.get(self.num_stages - 1)
         if last is not None:
-            from tfcompile.trace import LOSS_PREFIX
+            from tfcompile.lifting import LOSS_PREFIX
 
             for n in last.traced.param_names:
                 if n.startswith(LOSS_PREFIX) and n not in self.specs[-1].param_names:
