@@ -8,13 +8,8 @@ writes one JSON verdict: {case: {"err": worst error, "error": exception text or 
 
 from __future__ import annotations
 
-import argparse
 import copy
-import faulthandler
-import json
-import os
 import sys
-import traceback
 from pathlib import Path
 
 import torch
@@ -23,6 +18,7 @@ from torch import nn
 HERE = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(HERE))
 
+import worker_main  # noqa: E402 - beside this script
 from exact_helpers import eager_accumulate, make_opt  # noqa: E402
 from test_k5_multi_tensor import MaskedAttnPool, MaskedHead, TokenEmbed, _padded_ids  # noqa: E402
 
@@ -34,18 +30,7 @@ def weighted_ce(logits, target):
     return (nn.functional.cross_entropy(logits, labels, reduction="none") * weight).mean()
 
 
-def worst(pipe, ref, attr=None) -> float:
-    refs = dict(ref.named_parameters())
-    err = 0.0
-    for name, p in pipe.named_parameters():
-        a = p if attr is None else getattr(p, attr)
-        b = refs[name] if attr is None else getattr(refs[name], attr)
-        if a is None or b is None:
-            if (a is None) != (b is None):
-                return float("inf")
-            continue
-        err = max(err, (a.detach() - b.detach()).abs().max().item())
-    return err
+worst = worker_main.worst_param_error
 
 
 def case_mask(schedule: str) -> dict:
@@ -99,26 +84,5 @@ def _eager_eval(ref, X, T, M) -> float:
 CASES = {"k5_mask_1F1B": lambda: case_mask("1F1B"), "k5_mask_GPipe": lambda: case_mask("GPipe")}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--cases", required=True)
-    parser.add_argument("--timeout", type=float, default=100)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    faulthandler.dump_traceback_later(args.timeout, exit=True)  # never hang a test run
-    rank = int(os.environ["RANK"])
-    results = {}
-    for case in args.cases.split(","):
-        try:
-            results[case] = {"error": None, **CASES[case]()}
-        except Exception as exc:  # noqa: BLE001 - recorded in the verdict, the test fails
-            results[case] = {"err": float("inf"), "error": f"{type(exc).__name__}: {exc}",
-                             "trace": traceback.format_exc()[-2000:]}
-            break  # the ranks may now disagree about collectives: stop here
-    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-        json.dump(results, f)
-
-
 if __name__ == "__main__":
-    main()
+    worker_main.main(CASES)

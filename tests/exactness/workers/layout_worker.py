@@ -9,15 +9,12 @@ in-process) and writes one JSON verdict per rank: {case: {"err": worst error, "e
 
 from __future__ import annotations
 
-import argparse
 import copy
-import faulthandler
-import json
 import os
-import traceback
 
 import torch
 import torch.nn.functional as F
+import worker_main  # beside this script (torchrun puts its folder on sys.path)
 from torch import nn
 
 import tfcompile
@@ -110,27 +107,5 @@ CASES = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--cases", required=True)
-    parser.add_argument("--schedule", default="1F1B")
-    parser.add_argument("--timeout", type=float, default=100)
-    parser.add_argument("--out", required=True)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    faulthandler.dump_traceback_later(args.timeout, exit=True)  # never hang a test run
-    rank = int(os.environ["RANK"])
-    results = {}
-    for case in args.cases.split(","):
-        try:
-            results[case] = {"error": None, **CASES[case](args.schedule)}
-        except Exception as exc:  # noqa: BLE001 - recorded in the verdict, the test fails
-            results[case] = {"err": float("inf"), "error": f"{type(exc).__name__}: {exc}",
-                             "trace": traceback.format_exc()[-2000:]}
-            break  # the ranks may now disagree about collectives: stop here
-    with open(os.path.join(args.out, f"rank{rank}.json"), "w") as f:
-        json.dump(results, f)
-
-
 if __name__ == "__main__":
-    main()
+    worker_main.main(CASES)
