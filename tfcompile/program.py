@@ -25,6 +25,7 @@ from torch import nn
 
 from tfcompile import _torch_compat as compat
 from tfcompile.errors import GroupError, RuntimeConfigError, TraceError
+from tfcompile.lifting import LOSS_PREFIX
 from tfcompile.passes.split_weight_grad import INPUT, Region, SplitBackward
 from tfcompile.tensor_spec import TensorSpec
 
@@ -82,6 +83,10 @@ class TracedStage:
     # after the stage inputs) and each leaf's shape/dtype/device
     target_spec: Any = None
     target_specs: tuple[TensorSpec, ...] = ()
+    # the parameters the graphs were made for (in param_names order): whether each trains
+    # (None: an evaluation program, for which it does not matter) and its dtype
+    param_requires_grad: tuple[bool, ...] | None = None
+    param_dtypes: tuple[torch.dtype, ...] = ()
 
 
 class Backend(Protocol):
@@ -315,6 +320,7 @@ class StageProgram:
         """Refuse to run in a context other than the traced one (kind 3): every submodule's
         ``training`` flag and the ambient autocast state must be as at trace time."""
         t = self.traced
+        self.check_parameters()
         if t.training_flags and training_flags(t.module) != t.training_flags:
             now = training_flags(t.module)
             names = [n or type(t.module).__name__ for n, _ in t.module.named_modules()]
@@ -335,6 +341,43 @@ class StageProgram:
                 "the casts of the trace: run it in the same torch.autocast context as the "
                 "trace, or trace it (call trace_stage/compile()) inside the context you run in"
             )
+
+    def check_parameters(self) -> None:
+        """Refuse to run when the module's parameters are no longer those the graphs were
+        traced for: a parameter replaced (``m.weight = nn.Parameter(...)``), its
+        ``requires_grad`` flipped (which groups have weight-gradient regions, which stages
+        have a backward at all, is fixed at trace time) or its dtype changed (``.double()``).
+        Changing values in place (``p.data``, ``load_state_dict``, optimizer steps) is fine."""
+        t = self.traced
+        current = dict(t.module.named_parameters())
+        replaced, flipped, recast = [], [], []
+        for i, name in enumerate(t.param_names):
+            traced_p = t.params[name]
+            if name.startswith(LOSS_PREFIX) and name not in current:
+                continue  # a loss_fn parameter lifted into the last stage, not the module's
+            p = current.get(name)
+            if p is not traced_p:
+                replaced.append(name)
+            elif t.param_requires_grad is not None and p.requires_grad != t.param_requires_grad[i]:
+                flipped.append(name)
+            elif t.param_dtypes and p.dtype != t.param_dtypes[i]:
+                recast.append(f"{name} ({t.param_dtypes[i]} -> {p.dtype})")
+        problems = [
+            (replaced, "were replaced by other tensors"),
+            (flipped, "changed requires_grad"),
+            (recast, "changed dtype"),
+        ]
+        for names, what in problems:
+            if names:
+                raise RuntimeConfigError(
+                    f"parameters {names[:5]}{' ...' if len(names) > 5 else ''} of "
+                    f"{type(t.module).__name__} {what} after it was traced; its graphs are "
+                    "fixed to the parameters they were traced for, so running them would give "
+                    "wrong gradients. Call tfcompile.compile() (or trace_stage) again after "
+                    "changing which parameters train, replacing or casting them; to skip a "
+                    "group's weight gradient for a while, freeze it through FreezeConfig or "
+                    "pipe.step(frozen=...) instead"
+                )
 
     # -- helpers
     def _region_fn(self, kind: str, region: Region) -> GraphFn:

@@ -25,7 +25,7 @@ import inspect
 import os
 import traceback
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -117,10 +117,22 @@ def trace_stage(
     with _rng_kept(), _module_state_kept(module, loss_fn):
         fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(module, fn, args, len(params) + len(buffers))
     check_graph_constants(fw_gm, bw_gm, module, loss_fn)
+    # the parameters the graphs were made for: which train (None for an evaluation program,
+    # where that does not matter) and their dtypes; the program refuses to run after either
+    # changed (see StageProgram.check_parameters)
+    fixed = dict(
+        param_requires_grad=(
+            None if forward_only else tuple(params[n].requires_grad for n in param_names)
+        ),
+        param_dtypes=tuple(params[n].dtype for n in param_names),
+    )
     if bw_gm is None:  # kind 7: nothing needs a gradient
         return StageProgram(
-            _forward_only_stage(
-                module, fw_gm, eager_out, is_loss, probed, params, buffers, inputs, needs_grad
+            replace(
+                _forward_only_stage(
+                    module, fw_gm, eager_out, is_loss, probed, params, buffers, inputs, needs_grad
+                ),
+                **fixed,
             )
         )
 
@@ -166,6 +178,7 @@ def trace_stage(
         autocast_state=autocast_state(),
         target_spec=t_spec,
         target_specs=tuple(TensorSpec.of(t) for t in t_leaves),
+        **fixed,
     )
     return StageProgram(traced)
 

@@ -246,3 +246,54 @@ def test_trace_stage_under_autocast_runs_only_under_the_same_autocast():
         out = prog.forward(0, x)
     prog.release()
     assert out.dtype == want.dtype and torch.allclose(out.float(), want.float(), atol=1e-2)
+
+
+# ------------------------------------------------------------------ parameters changed after
+# compile(): which parameters train, which tensors they are and their dtype are part of the
+# traced context too (the groups' regions, forward-only stages, the graphs' dtypes)
+
+
+def _mlp_pipe(prepare=None):
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(4)])
+    if prepare is not None:
+        prepare(model)
+    X, Y = torch.randn(8, 8), torch.randn(8, 8)
+    pipe = tfcompile.compile(
+        model, "1F1B", microbatches=2, ranks=2, example_inputs=(X[:4],),
+        loss_fn=nn.functional.mse_loss, example_target=Y[:4], split_points=["2"],
+    )  # fmt: skip
+    return model, pipe, X, Y
+
+
+@pytest.mark.parametrize(
+    "prepare,change,what",
+    [
+        (None, lambda m: m[3][0].weight.requires_grad_(False), "requires_grad"),
+        (lambda m: m[3][0].weight.requires_grad_(False),
+         lambda m: m[3][0].weight.requires_grad_(True), "requires_grad"),
+        (lambda m: m[:2].requires_grad_(False), lambda m: m[:2].requires_grad_(True),
+         "requires_grad"),  # a stage that was forward-only at compile()
+        (None, lambda m: setattr(m[3][0], "weight", nn.Parameter(torch.zeros(8, 8))),
+         "replaced"),
+        (None, lambda m: m.double(), "dtype"),
+    ],
+)  # fmt: skip
+def test_parameters_changed_after_compile_are_refused(prepare, change, what):
+    model, pipe, X, Y = _mlp_pipe(prepare)
+    change(model)
+    with pytest.raises(tfcompile.RuntimeConfigError, match=what):
+        pipe.step(X, Y)
+
+
+def test_parameter_values_changed_in_place_after_compile_are_used():
+    """In-place value changes (p.data, load_state_dict) are what training does: they run."""
+    model, pipe, X, Y = _mlp_pipe()
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), ref.parameters()):
+            p.mul_(0.5)
+            q.mul_(0.5)
+    loss = pipe.step(X, Y)
+    want = sum(nn.functional.mse_loss(ref(x), y) for x, y in zip(X.chunk(2), Y.chunk(2))) / 2
+    assert abs(loss - want.item()) < 1e-6
