@@ -20,6 +20,7 @@ sys.path.insert(0, str(HERE))
 
 import worker_main  # noqa: E402 - beside this script
 from exact_helpers import eager_accumulate  # noqa: E402
+from test_k6_tied_freezing import eager_tied_grads  # noqa: E402
 
 import tfcompile  # noqa: E402
 
@@ -232,32 +233,6 @@ def case_k6_rescale_per_use(_schedule: str) -> dict:
     pipe.close()
     return {"err": err if identical else float("inf"), "identical": identical,
             "ratio": (got.norm() / want.norm()).item()}
-
-
-def eager_tied_grads(ref, X, Y, frozen_uses, grad, M=2):
-    """Eager .grad of a tied_lm deep copy for one step, the embedding use ("emb") and the
-    head use ("head") of the tied weight as separate leaves; frozen_uses[m] names the uses
-    frozen in microbatch m; "rescale" scales each use by M / its own count."""
-    head_w = nn.Parameter(ref[0].weight.detach().clone())
-    others = [(n, p) for n, p in ref.named_parameters() if n != "0.weight"]
-    per_use = {"emb": [], "head": []}
-    for m, (a, b) in enumerate(zip(X.chunk(M), Y.chunk(M))):
-        h = ref[2](ref[1](ref[0](a)))
-        loss = lm_loss((h @ head_w.t()).flatten(0, 1), b) / M
-        got = torch.autograd.grad(loss, [ref[0].weight, head_w] + [p for _, p in others])
-        for use, g in zip(("emb", "head"), got[:2]):
-            if use not in frozen_uses.get(m, ()):
-                per_use[use].append(g)
-        for (_, p), g in zip(others, got[2:]):
-            p.grad = g.clone() if p.grad is None else p.grad + g
-    total = None
-    for grads in per_use.values():
-        if grads:
-            use = torch.stack(grads).sum(0)
-            if grad == "rescale":
-                use = use * (M / len(grads))
-            total = use if total is None else total + use
-    ref[0].weight.grad = total
 
 
 def case_k6_partial_freeze_two_steps(_schedule: str) -> dict:
