@@ -103,15 +103,28 @@ class StepRunner:
         if timed:
             self.timer.begin_step(step)
         needs = [consumed_message(a, self.num_stages) for a in order]
-        for index, action in enumerate(order):
-            if lookahead:
-                window = needs[index : index + lookahead]
-                self.transport.prefetch([k for k in window if k is not None])
-            self._run(action, inputs, targets, frozen, loss_seed, timed)
+        try:
+            for index, action in enumerate(order):
+                if lookahead:
+                    window = needs[index : index + lookahead]
+                    self.transport.prefetch([k for k in window if k is not None])
+                self._run(action, inputs, targets, frozen, loss_seed, timed)
+        except BaseException:
+            # a failed step releases what it kept (pending forwards, messages in flight
+            # locally), so that the next step starts clean; the timer drops the step
+            self.release()
+            raise
         self.transport.finish_step()
         if timed:
             self.timer.end_step()
         return self.losses
+
+    def release(self) -> None:
+        """Drop every microbatch's kept state and this step's local messages and losses."""
+        for program in self.programs.values():
+            program.release()
+        self.transport.begin_step(-1)
+        self.losses = {}
 
     def _run(self, action, inputs, targets, frozen, loss_seed, timed: bool) -> None:
         s, kind, m = action.stage, action.kind, action.microbatch
