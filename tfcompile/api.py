@@ -20,11 +20,12 @@ import torch
 from torch import nn
 
 from tfcompile import _torch_compat as compat
-from tfcompile import schedules
+from tfcompile import schedules, validate
 from tfcompile.errors import RuntimeConfigError, TraceError
 from tfcompile.freeze.config import FreezeConfig
 from tfcompile.groups import stage_groups
 from tfcompile.runtime import distributed
+from tfcompile.runtime.collectives import guarded
 from tfcompile.runtime.executor import interleave
 from tfcompile.runtime.pipeline import DEFAULT_TIMER_WINDOW, Pipeline
 from tfcompile.runtime.transport import DistTransport, FailureSignal, LocalTransport, TensorSpec
@@ -91,6 +92,13 @@ def compile(  # noqa: A001 - the public name the design asks for
     example_inputs = (
         tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     )
+    validate.check_compile_args(
+        example_inputs=example_inputs,
+        example_target=example_target,
+        freeze=freeze,
+        timeout=timeout,
+        recv_lookahead=recv_lookahead,
+    )
     proc = _init_process(
         schedule=schedule, stages=stages, ranks=ranks, device=device, timeout=timeout
     )
@@ -112,11 +120,13 @@ def compile(  # noqa: A001 - the public name the design asks for
                 loss_fn=loss_fn, example_target=example_target, groups=groups,
                 device=proc.device, forward_only=forward_only,
             )  # fmt: skip
+        tied: list = []
         if proc.distributed:
-            _check_same_config(model, sched, specs, example_inputs, example_target, proc)
+            with guarded(proc.failure, proc.rank, "compile()'s config check (all_gather)"):
+                _check_same_config(model, sched, specs, example_inputs, example_target, proc)
+            with guarded(proc.failure, proc.rank, "compile()'s process groups (new_group)"):
+                tied = distributed.tied_weight_groups(specs, sched.stage_to_rank)
         transport, order = _make_transport(sched, stage_inputs, proc, timeout=timeout)
-        if proc.failure is not None:
-            proc.failure.start_watchdog(proc.rank)
         return Pipeline(
             model=model,
             schedule=sched,
@@ -132,11 +142,7 @@ def compile(  # noqa: A001 - the public name the design asks for
             lookahead=(recv_lookahead if recv_lookahead is not None else 2 * sched.num_stages + 2),
             timer_window=_timer_window(freeze),
             failure=proc.failure,
-            tied_groups=(
-                distributed.tied_weight_groups(specs, sched.stage_to_rank)
-                if proc.distributed
-                else ()
-            ),
+            tied_groups=tied,
             freezer_factory=_freezer_factory(freeze),
             forward_only_stages=forward_only,
             loss_fn=loss_fn,
@@ -195,6 +201,7 @@ def _init_process(
                 f"ranks={ranks} but torchrun started {ctx.world_size} processes"
             )
         failure = distributed.failure_signal(f"tfcompile/{next(_pipeline_ids)}", timeout)
+        failure.start_watchdog(ctx.rank)  # from here on, a blocked rank learns of failures
         return _Process(ctx.rank, ctx.world_size, ctx.device, True, failure)
     if ranks is None:
         ranks = schedules.default_ranks(schedule, stages=stages)

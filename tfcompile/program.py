@@ -445,9 +445,16 @@ class StageProgram:
             g = flat[i]
             if g is None:
                 g = spec.empty().zero_()
-            elif tuple(g.shape) != spec.shape:
+            elif not isinstance(g, torch.Tensor):
                 raise TraceError(
-                    f"grad_output {i} has shape {tuple(g.shape)}, expected {spec.shape}"
+                    f"grad_output {i} is {type(g).__name__}, expected a tensor of shape "
+                    f"{spec.shape} and dtype {spec.dtype} (or None)"
+                )
+            elif tuple(g.shape) != spec.shape or g.dtype != spec.dtype:
+                raise TraceError(
+                    f"grad_output {i} has shape {tuple(g.shape)} and dtype {g.dtype}, expected "
+                    f"{spec.shape} {spec.dtype} (the traced output's): the backward graph "
+                    "was traced for that gradient"
                 )
             elif not spec.strides_match(g):
                 # the backward graph was traced for tangents strided like the output (e.g.

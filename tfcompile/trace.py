@@ -443,6 +443,12 @@ def _stage_fn(
                 f"loss_fn must return a scalar tensor, it returned {shape}: reduce it "
                 "(e.g. .mean() or reduction='mean')"
             )
+        if not loss.dtype.is_floating_point:
+            raise _LossShapeError(
+                f"loss_fn must return a floating-point scalar, it returned {loss.dtype}: an "
+                "integer-valued loss has no gradient (compute it in floating point, e.g. "
+                "without .long()/.round() or with .float() on its inputs)"
+            )
         return loss
 
     return stage_fn

@@ -18,7 +18,9 @@ import torch.distributed as dist
 from torch import nn
 
 from tfcompile import _torch_compat as compat
+from tfcompile import validate
 from tfcompile.errors import GroupError, RuntimeConfigError
+from tfcompile.runtime.collectives import guarded
 from tfcompile.runtime.executor import StepRunner, forward_only_order
 from tfcompile.runtime.timers import ActionTimer, median_profile
 from tfcompile.runtime.transport import TensorSpec
@@ -278,6 +280,7 @@ class Pipeline:
         with self._reporting_failures():
             self._check_step_context()
             stage_inputs, target_mbs = self._split_microbatches(inputs, targets)
+        validate.check_frozen(frozen)
         decided = {}
         if self.freezer is not None:
             need = self.freezer.measurement_due(self.step_index)
@@ -296,7 +299,8 @@ class Pipeline:
             losses = self.runner.run_step(
                 self.step_index, self.order, stage_inputs, target_mbs, frozen, seed, self.lookahead
             )
-            self._reduce_tied_grads()
+            with guarded(self.failure, self.rank, "the tied-gradient all_reduce"):
+                self._reduce_tied_grads()
         self.step_index += 1
         loss = torch.stack([losses[m] for m in range(M)]).mean().item() if losses else None
         if self.freezer is not None:
@@ -402,6 +406,10 @@ class Pipeline:
 
     def _split_microbatches(self, inputs, targets):
         M = self.num_microbatches
+        if self.has_first_stage:
+            validate.check_tensors(inputs, "inputs", "a batch like example_inputs")
+        if self.has_last_stage and targets is not None:
+            validate.check_tensors(targets, "targets", "a batch like example_target")
         stage_inputs = []
         if self.has_first_stage:
             chunks = _chunk_microbatches(inputs, M, "input")
@@ -460,7 +468,8 @@ class Pipeline:
         if not self.distributed:
             return [value]
         gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, value)
+        with guarded(self.failure, self.rank, "all_gather"):
+            dist.all_gather_object(gathered, value)
         return gathered
 
     def measured_profile(self, window: int | None = None, frozen: str | None = None) -> CostProfile:
@@ -512,7 +521,8 @@ class Pipeline:
     def close(self) -> None:
         """Leave the process group in a clean state (a barrier), where there is one."""
         if self.distributed:
-            dist.barrier()
+            with guarded(self.failure, self.rank, "close()'s barrier"):
+                dist.barrier()
         if self.failure is not None:
             self.failure.stop()
 
