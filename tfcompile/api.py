@@ -25,7 +25,7 @@ from tfcompile.errors import RuntimeConfigError, TraceError
 from tfcompile.freeze.config import FreezeConfig
 from tfcompile.groups import stage_groups
 from tfcompile.runtime import distributed
-from tfcompile.runtime.collectives import guarded
+from tfcompile.runtime.collectives import exit_promptly_on_uncaught_error, guarded
 from tfcompile.runtime.executor import interleave
 from tfcompile.runtime.pipeline import DEFAULT_TIMER_WINDOW, Pipeline
 from tfcompile.runtime.transport import DistTransport, FailureSignal, LocalTransport, TensorSpec
@@ -202,6 +202,7 @@ def _init_process(
             )
         failure = distributed.failure_signal(f"tfcompile/{next(_pipeline_ids)}", timeout)
         failure.start_watchdog(ctx.rank)  # from here on, a blocked rank learns of failures
+        exit_promptly_on_uncaught_error()
         return _Process(ctx.rank, ctx.world_size, ctx.device, True, failure)
     if ranks is None:
         ranks = schedules.default_ranks(schedule, stages=stages)

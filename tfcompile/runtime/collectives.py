@@ -18,6 +18,8 @@ by peer", DistStoreError):
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 import time
 from collections.abc import Iterator
 
@@ -52,3 +54,27 @@ def guarded(failure: FailureSignal | None, rank: int, what: str) -> Iterator[Non
         raise own from exc
     finally:
         failure.blocked_since = None
+
+
+_EXIT_HOOK_INSTALLED = False
+
+
+def exit_promptly_on_uncaught_error() -> None:
+    """Under torchrun, end the process right after an uncaught exception's traceback is
+    printed, with exit code 1. Otherwise the interpreter's teardown waits in (or aborts from,
+    SIGABRT) the process group's destructor, which still holds receives posted to peers that
+    will never send, until torchrun kills the rank: its exit code would not be its own."""
+    global _EXIT_HOOK_INSTALLED
+    if _EXIT_HOOK_INSTALLED:
+        return
+    _EXIT_HOOK_INSTALLED = True
+    previous = sys.excepthook
+
+    def hook(kind, value, tb) -> None:
+        previous(kind, value, tb)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(1)
+
+    sys.excepthook = hook
