@@ -71,14 +71,11 @@ def check_compile_args(
 
 def check_tensors(value: Any, what: str, expected: str) -> None:
     """Every leaf of ``value`` (a tensor, or a tuple/list/dict of them) must be a tensor."""
-    if isinstance(value, list) and value and _all_numbers(value):
-        raise RuntimeConfigError(
-            f"{what} is a Python list of numbers, but {what} must be tensors ({expected}): "
-            "pass torch.tensor(...) of it"
-        )
     for path, leaf in _leaves(value, what):
         if not isinstance(leaf, torch.Tensor):
             got = type(leaf).__name__
+            if isinstance(leaf, (list, tuple)):
+                got = f"a Python {got} of numbers"
             raise RuntimeConfigError(
                 f"{path} is {got}, but {what} must be tensors ({expected}): pass "
                 "torch.tensor(...) values, a tuple of tensors, or a dict of tensors"
@@ -116,7 +113,10 @@ def _all_numbers(value: Any) -> bool:
 
 
 def _leaves(value: Any, path: str):
-    if isinstance(value, (tuple, list)):
+    """(path, leaf) pairs; a non-empty list of numbers (nested) is one leaf, for the message."""
+    if isinstance(value, list) and value and _all_numbers(value):
+        yield path, value
+    elif isinstance(value, (tuple, list)):
         for i, v in enumerate(value):
             yield from _leaves(v, f"{path}[{i}]")
     elif isinstance(value, Mapping):

@@ -196,6 +196,14 @@ class Freezer:
         self._decided_step = -1  # the step whose decision _frozen holds
         self._skipped_profiles = 0
         self._counters = _Counters()
+        if config.uses_plan and config.total_steps is None:
+            log.warning(
+                "freeze: FreezeConfig.total_steps is not given, so nothing checks that the "
+                "run reaches the phases: the plan is made at step %d and steady freezing "
+                "starts at step %d; a shorter run never freezes (pass total_steps)",
+                self._phases.ramp_start,
+                self._phases.steady_start,
+            )
 
     @classmethod
     def for_pipeline(

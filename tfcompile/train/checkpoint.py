@@ -86,7 +86,11 @@ def save_checkpoint(
         "extra": _pack_extra(extra),
     }
     tmp = file.with_name(file.name + ".tmp")
-    torch.save(state, tmp)
+    try:
+        torch.save(state, tmp)
+    except BaseException:  # a failed save (disk full, unpicklable extra) leaves no .tmp
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, file)  # a crash mid-write never leaves a truncated checkpoint
     return file
 
