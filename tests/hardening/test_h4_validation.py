@@ -70,14 +70,24 @@ def fresh_backward_input(pipe, grad):
 @pytest.mark.parametrize(
     "grad,match",
     [
-        (torch.randn(2, 8, dtype=torch.float64), r"dtype torch.float64, expected \(2, 8\) torch.float32"),
+        (
+            torch.randn(2, 8, dtype=torch.float64),
+            r"dtype torch.float64, expected \(2, 8\) torch.float32",
+        ),
         ([[0.0] * 8] * 2, r"grad_output 0 is list, expected a tensor of shape \(2, 8\)"),
         (torch.randn(3, 8), r"shape \(3, 8\) .*expected \(2, 8\)"),
     ],
-)  # fmt: skip
+)
 def test_grad_outputs_checked_against_traced_specs(pipe, grad, match):
     with pytest.raises(TraceError, match=match):
         fresh_backward_input(pipe, grad)
+
+
+def int_loss(out, target):
+    return (out - target).abs().sum().long()
+
+
+LIST_8, LIST_4 = [[0.0] * 8] * 2, [[0.0] * 4] * 2
 
 
 @pytest.mark.parametrize(
@@ -85,16 +95,16 @@ def test_grad_outputs_checked_against_traced_specs(pipe, grad, match):
     [
         (dict(freeze={"policy": "timely"}), FreezeConfigError, r"FreezeConfig\(\*\*that_dict\)"),
         (dict(freeze="timely"), FreezeConfigError, "expects a tfcompile.FreezeConfig"),
-        (dict(loss_fn=lambda o, t: (o - t).abs().sum().long()), TraceError, "floating-point scalar, it returned torch.int64"),
-        (dict(example_inputs=[[0.0] * 8] * 2), RuntimeConfigError, r"example_inputs\[0\] is a Python list of numbers"),
-        (dict(example_target=[[0.0] * 4] * 2), RuntimeConfigError, "example_target is a Python list of numbers, but example_target must be tensors"),
+        (dict(loss_fn=int_loss), TraceError, "floating-point scalar, it returned torch.int64"),
+        (dict(example_inputs=LIST_8), RuntimeConfigError, r"inputs\[0\] is a Python list of"),
+        (dict(example_target=LIST_4), RuntimeConfigError, "example_target is a Python list of"),
         (dict(timeout=-5), RuntimeConfigError, "timeout=-5 seconds is not usable"),
         (dict(timeout=0.001), RuntimeConfigError, "timeout=0.001 seconds is not usable"),
         (dict(timeout=float("inf")), RuntimeConfigError, "is not usable"),
         (dict(timeout="10"), RuntimeConfigError, "must be a number of seconds"),
-        (dict(recv_lookahead=-1), RuntimeConfigError, "recv_lookahead=-1 must be an integer >= 0"),
+        (dict(recv_lookahead=-1), RuntimeConfigError, "recv_lookahead=-1 must be an integer"),
     ],
-)  # fmt: skip
+)
 def test_compile_arguments(overrides, error, match):
     with pytest.raises(error, match=match):
         compile_mlp(**overrides)

@@ -29,7 +29,6 @@ from torch import nn
 
 import tfcompile
 from tfcompile import FreezeConfig
-from tfcompile.errors import TFCompileError
 
 
 def mark_fault(out: Path, args, detail: str) -> None:
@@ -128,7 +127,7 @@ def main() -> int:
         params_finite = all(bool(torch.isfinite(q).all()) for q in pipe.parameters())
         verdict = {
             "losses": [None if v is None or math.isnan(v) else v for v in losses],
-            "nan_steps": [i for i, v in enumerate(losses) if v is not None and not math.isfinite(v)],
+            "nan_steps": [i for i, v in enumerate(losses) if v is not None and math.isnan(v)],
             "params_finite": params_finite,
             "skipped": pipe.freezer.skipped_measurements,
             "frozen": sorted({g for gs in pipe.last_frozen.values() for g in gs}),
