@@ -93,6 +93,7 @@ def compile(  # noqa: A001 - the public name the design asks for
         tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     )
     validate.check_compile_args(
+        model=model,
         example_inputs=example_inputs,
         example_target=example_target,
         freeze=freeze,

@@ -42,13 +42,19 @@ def check_timeout(timeout: Any) -> float:
 
 def check_compile_args(
     *,
+    model: Any,
     example_inputs: tuple,
     example_target: Any,
     freeze: Any,
     timeout: Any,
     recv_lookahead: Any,
 ) -> None:
-    """compile()'s arguments that need no model or schedule to check."""
+    """compile()'s arguments that need no tracing or schedule to check."""
+    if not isinstance(model, torch.nn.Module):
+        raise RuntimeConfigError(
+            f"compile() takes a torch.nn.Module, got {type(model).__name__}: wrap a function "
+            "in an nn.Module whose forward calls it"
+        )
     if freeze is not None and not isinstance(freeze, FreezeConfig):
         hint = " (FreezeConfig(**that_dict))" if isinstance(freeze, Mapping) else ""
         raise FreezeConfigError(

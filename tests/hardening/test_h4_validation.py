@@ -108,3 +108,11 @@ LIST_8, LIST_4 = [[0.0] * 8] * 2, [[0.0] * 4] * 2
 def test_compile_arguments(overrides, error, match):
     with pytest.raises(error, match=match):
         compile_mlp(**overrides)
+
+
+def test_model_must_be_a_module():
+    with pytest.raises(RuntimeConfigError, match="takes a torch.nn.Module, got function"):
+        tfcompile.compile(
+            lambda x: x, "1F1B", stages=2, microbatches=2, example_inputs=(torch.zeros(2, 8),),
+            loss_fn=nn.functional.mse_loss, example_target=torch.zeros(2, 8),
+        )  # fmt: skip
