@@ -199,8 +199,8 @@ class Freezer:
         if config.uses_plan and config.total_steps is None:
             log.warning(
                 "freeze: FreezeConfig.total_steps is not given, so nothing checks that the "
-                "run reaches the phases: the plan is made at step %d and steady freezing "
-                "starts at step %d; a shorter run never freezes (pass total_steps)",
+                "run is long enough: the plan is made at step %d and steady freezing starts "
+                "at step %d; a shorter run never freezes (pass total_steps)",
                 self._phases.ramp_start,
                 self._phases.steady_start,
             )
