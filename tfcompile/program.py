@@ -87,6 +87,9 @@ class TracedStage:
     # (None: an evaluation program, for which it does not matter) and its dtype
     param_requires_grad: tuple[bool, ...] | None = None
     param_dtypes: tuple[torch.dtype, ...] = ()
+    # which forward values the backward recomputes ("none", "full", "selective"; see
+    # passes/checkpointing.py)
+    activation_checkpointing: str = "none"
 
 
 class Backend(Protocol):

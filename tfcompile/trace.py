@@ -41,6 +41,7 @@ from tfcompile.lifting import (
     check_plain_tensor_attributes,
     lift_loss_fn,
 )
+from tfcompile.passes import checkpointing
 from tfcompile.passes.flops import graph_flops
 from tfcompile.passes.roles import OUTPUT_GROUPS, OUTPUT_ROLES, ROLE, output_node
 from tfcompile.passes.split_weight_grad import INPUT, split_weight_grad
@@ -61,6 +62,7 @@ def trace_stage(
     groups: GroupChoice = "block",
     input_requires_grad: Sequence[bool] | None = None,
     forward_only: bool = False,
+    activation_checkpointing: str = "none",
 ) -> StageProgram:
     """Trace `module` (one pipeline stage) into a :class:`StageProgram`.
 
@@ -83,7 +85,13 @@ def trace_stage(
     (parameters and inputs then treated as constants: an evaluation program), becomes a
     forward-only program: no groups, ``backward_input`` returns None per input and
     ``backward_weight`` does nothing.
+
+    ``activation_checkpointing`` (``"none"``, ``"full"``, ``"selective"``; see
+    ``passes/checkpointing.py``) chooses which forward values are saved for the backward;
+    ``backward_input`` recomputes the others. ``torch.utils.checkpoint`` regions inside the
+    module are recomputed under every policy.
     """
+    ac_policy = checkpointing.check_policy(activation_checkpointing)
     call = as_stage_blocks(module)  # same children and parameter names as `module`
     inputs = _check_example(call, example_inputs, loss_fn, example_target)
     t_leaves, t_spec = _target_leaves(example_target) if loss_fn is not None else ([], None)
@@ -114,8 +122,11 @@ def trace_stage(
     ]
     if is_loss:
         args.extend(t.detach() for t in t_leaves)
-    with _rng_kept(), _module_state_kept(module, loss_fn):
-        fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(module, fn, args, len(params) + len(buffers))
+    with _rng_kept(), _module_state_kept(module, loss_fn), checkpointing.annotating(call):
+        fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(
+            module, fn, args, len(params) + len(buffers),
+            tag_joint=lambda joint, _n: checkpointing.tag_recompute(joint, ac_policy),
+        )  # fmt: skip
     check_graph_constants(fw_gm, bw_gm, module, loss_fn)
     # the parameters the graphs were made for: which train (None for an evaluation program,
     # where that does not matter) and their dtypes; the program refuses to run after either
@@ -178,6 +189,7 @@ def trace_stage(
         autocast_state=autocast_state(),
         target_spec=t_spec,
         target_specs=tuple(TensorSpec.of(t) for t in t_leaves),
+        activation_checkpointing=ac_policy,
         **fixed,
     )
     return StageProgram(traced)
@@ -485,12 +497,19 @@ def _rng_kept():
 
 
 def _aot_graphs(
-    module: nn.Module, fn: Callable[..., Any], args: list, num_params_buffers: int
+    module: nn.Module,
+    fn: Callable[..., Any],
+    args: list,
+    num_params_buffers: int,
+    tag_joint: Callable[[fx.GraphModule, int], Any] | None = None,
 ) -> tuple[fx.GraphModule, fx.GraphModule | None, int]:
     """Forward and backward GraphModules of `fn` (backward None when nothing needs a gradient),
-    with AOTAutograd's errors turned into ones that say what to change in the user's module."""
+    with AOTAutograd's errors turned into ones that say what to change in the user's module.
+    `tag_joint` writes recompute tags into the joint graph before the partition."""
     try:
-        fw_gm, bw_gm, num_fwd_outputs, _ = compat.aot_trace(fn, args, num_params_buffers)
+        fw_gm, bw_gm, num_fwd_outputs, _ = compat.aot_trace(
+            fn, args, num_params_buffers, tag_joint=tag_joint
+        )
     except _LossShapeError as e:
         raise TraceError(str(e)) from None
     except Exception as e:  # noqa: BLE001
