@@ -72,6 +72,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     device: torch.device | str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     recv_lookahead: int | None = None,
+    activation_checkpointing: str = "none",
 ) -> Pipeline:
     """Compile `model` into a pipeline for this process's rank.
 
@@ -83,6 +84,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     ones (a boolean mask, position ids) included: those get no gradient. `schedule` (a name,
     a torch-format CSV path or a Schedule) may be given by position, as in
     ``compile(model, "1F1B", ...)``; every parameter after it is keyword-only.
+    `activation_checkpointing` ("none", "full", "selective") chooses which forward values each
+    stage saves for its backward (see ``tfcompile/passes/checkpointing.py``).
     """
     if example_inputs is None or loss_fn is None or example_target is None:
         raise RuntimeConfigError(
@@ -111,6 +114,7 @@ def compile(  # noqa: A001 - the public name the design asks for
                 model, specs, stage_inputs, local,
                 loss_fn=loss_fn, example_target=example_target, groups=groups,
                 device=proc.device, forward_only=forward_only,
+                activation_checkpointing=activation_checkpointing,
             )  # fmt: skip
         if proc.distributed:
             _check_same_config(model, sched, specs, example_inputs, example_target, proc)
@@ -240,6 +244,7 @@ def _trace_local_stages(
     groups,
     device: torch.device,
     forward_only: frozenset[int] = frozenset(),
+    activation_checkpointing: str = "none",
 ) -> tuple[dict, torch.dtype]:
     """Trace this process's stages (moved to `device`) into StagePrograms; the last stage
     includes the loss. A stage's inputs get gradients when an earlier stage trains (the stage
@@ -269,6 +274,7 @@ def _trace_local_stages(
                 loss_fn=loss_fn if last else None,
                 example_target=_to(example_target, device) if last else None,
                 groups=stage_groups(groups, spec, model_names),
+                activation_checkpointing=activation_checkpointing,
             )
         except TraceError as e:  # say which of the model's blocks the stage holds
             raise TraceError(f"stage {s} (blocks {', '.join(spec.block_names)}): {e}") from e
