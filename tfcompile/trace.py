@@ -45,6 +45,7 @@ from tfcompile.passes import checkpointing
 from tfcompile.passes.flops import graph_flops
 from tfcompile.passes.roles import OUTPUT_GROUPS, OUTPUT_ROLES, ROLE, output_node
 from tfcompile.passes.split_weight_grad import INPUT, split_weight_grad
+from tfcompile.precision import check_precision, eager_probe, mixed_stage_fn
 from tfcompile.program import StageProgram, TracedStage, autocast_state, training_flags
 from tfcompile.split import as_stage_blocks
 from tfcompile.tensor_spec import TensorSpec
@@ -63,6 +64,7 @@ def trace_stage(
     input_requires_grad: Sequence[bool] | None = None,
     forward_only: bool = False,
     activation_checkpointing: str = "none",
+    mixed_precision: str | None = None,
 ) -> StageProgram:
     """Trace `module` (one pipeline stage) into a :class:`StageProgram`.
 
@@ -89,8 +91,11 @@ def trace_stage(
     ``activation_checkpointing`` (``"none"``, ``"full"``, ``"selective"``; see
     ``passes/checkpointing.py``) chooses which forward values are saved for the backward;
     ``backward_input`` recomputes the others. ``torch.utils.checkpoint`` regions inside the
-    module are recomputed under every policy.
+    module are recomputed under every policy. ``mixed_precision="bf16"`` traces the stage under
+    bfloat16 autocast with float32 parameters and bfloat16 activations at the stage boundary
+    (see ``tfcompile/precision.py``).
     """
+    precision = check_precision(mixed_precision)
     ac_policy = checkpointing.check_policy(activation_checkpointing)
     call = as_stage_blocks(module)  # same children and parameter names as `module`
     inputs = _check_example(call, example_inputs, loss_fn, example_target)
@@ -100,8 +105,9 @@ def trace_stage(
     params = dict(module.named_parameters())
     buffers = dict(module.named_buffers())
     is_loss = loss_fn is not None
-    with _rng_kept(), _module_state_kept(module):
-        eager_out, probed, boundary = _mutated_buffers(call, params, buffers, inputs)
+    probe_inputs, probe_ctx = eager_probe(precision, inputs)
+    with _rng_kept(), _module_state_kept(module), probe_ctx:
+        eager_out, probed, boundary = _mutated_buffers(call, params, buffers, probe_inputs)
     loss_names = lift_loss_fn(loss_fn, params, buffers, group_map)
     param_names, buffer_names = tuple(params), tuple(buffers)
     needs_grad = _input_grad_flags(inputs, input_requires_grad)
@@ -112,6 +118,7 @@ def trace_stage(
         call, param_names, buffer_names, len(inputs), loss_fn, t_spec,
         loss_names=loss_names, boundary=boundary,
     )  # fmt: skip
+    fn = mixed_stage_fn(fn, len(params) + len(buffers), len(inputs), is_loss, precision)
     args = [
         *(
             params[n].detach().requires_grad_(params[n].requires_grad and not forward_only)
