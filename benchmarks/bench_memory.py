@@ -109,6 +109,10 @@ def freeze_rows(cfg, blocks, batch, seq, device) -> list[dict]:
     return rows
 
 
+def _square_loss(out: torch.Tensor, _target: torch.Tensor) -> torch.Tensor:
+    return out.float().pow(2).mean()
+
+
 def wire_rows(cfg, batch, seq, device) -> list[dict]:
     """Bytes crossing one stage boundary per microbatch (activation forward, its gradient
     back), read from the traced boundary of a 2-stage pipeline per precision."""
@@ -118,7 +122,7 @@ def wire_rows(cfg, batch, seq, device) -> list[dict]:
         model = Blocks(cfg, 2, embed=True)
         tokens = torch.randint(0, cfg.vocab_size, (batch, seq))
         pipe = tfcompile.compile(model, "1F1B", microbatches=2, ranks=2,
-                                 example_inputs=(tokens,), loss_fn=lambda o, t: o.float().pow(2).mean(),
+                                 example_inputs=(tokens,), loss_fn=_square_loss,
                                  example_target=tokens, split_points=["layers.1"],
                                  mixed_precision=precision, device=device)  # fmt: skip
         act = pipe.stage_programs[1].traced.input_specs[0]
@@ -177,7 +181,8 @@ def main(argv=None):
     print("\npolicy     kept MiB  x none   step ms  x none   peak MiB")
     for r in rows:
         print(f"{r['policy']:<10} {_mib(r['activation_bytes'])}  {r['memory_ratio']:5.2f}  "
-              f"{1e3 * r['step_s']:8.1f}  {r['time_ratio']:5.2f}  {_mib(r['peak_bytes'])}")  # fmt: skip
+              f"{1e3 * r['step_s']:8.1f}  {r['time_ratio']:5.2f}  "
+              f"{_mib(r['peak_bytes'])}")  # fmt: skip
     rows = results["freezing"] = freeze_rows(cfg, args.blocks, args.batch, args.seq, device)
     print("\npolicy  frozen  after F MiB  stash MiB")
     for r in rows:

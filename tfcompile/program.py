@@ -327,7 +327,9 @@ class StageProgram:
         t = self.traced
         own = {_storage(v) for v in (*t.params.values(), *t.buffers.values())}
         kept = (v for st in self._state.values() for v in st.env.values())
-        return saved_bytes(v for v in kept if isinstance(v, torch.Tensor) and _storage(v) not in own)
+        return saved_bytes(
+            v for v in kept if isinstance(v, torch.Tensor) and _storage(v) not in own
+        )
 
     def check_context(self) -> None:
         """Refuse to run in a context other than the traced one (kind 3): every submodule's
