@@ -137,6 +137,115 @@ def wire_rows(cfg, batch, seq, device) -> list[dict]:
     return rows
 
 
+# -- peak memory per rank against torch.distributed.pipelining (torchrun, 2 ranks) -------------
+def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+
+def _torch_stages(model, num_stages: int) -> list[torch.nn.Module]:
+    """The LLaMA cut into `num_stages` nn.Sequential stages with equal block counts (the split
+    tfcompile makes with the same split points)."""
+    per = len(model.layers) // num_stages
+    out = []
+    for s in range(num_stages):
+        layers = list(model.layers[s * per : (s + 1) * per])
+        first = [model.tok_embeddings] if s == 0 else []
+        last = [model.norm, model.output] if s == num_stages - 1 else []
+        out.append(torch.nn.Sequential(*first, *layers, *last))
+    return out
+
+
+def _peer_step(schedule_name: str, model, rank: int, world: int, microbatches: int):
+    """A step function of torch.distributed.pipelining for `schedule_name` on this rank."""
+    from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleZBVZeroBubble
+
+    device = torch.device("cpu")
+    if schedule_name == "1F1B":
+        mods = _torch_stages(model, world)
+        stage = PipelineStage(mods[rank], rank, world, device)
+        sched = Schedule1F1B(stage, microbatches, loss_fn=_lm_loss)
+        has_first, has_last = rank == 0, rank == world - 1
+    else:  # ZBV: stages rank and 2*world-1-rank on this rank (a V)
+        n = 2 * world
+        mods = _torch_stages(model, n)
+        mine = [rank, n - 1 - rank]
+        stages = [PipelineStage(mods[s], s, n, device) for s in mine]
+        sched = ScheduleZBVZeroBubble(stages, microbatches, loss_fn=_lm_loss)
+        has_first = has_last = rank == 0
+
+    def step(x, y):
+        kwargs = {}
+        if has_last:
+            kwargs["target"] = y
+            kwargs["losses"] = []
+        args = (x,) if has_first else ()
+        sched.step(*args, return_outputs=False, **kwargs)
+
+    return step
+
+
+def peer_worker(args) -> None:
+    """Run under torchrun: per schedule, the peak bytes of one step (above the level before
+    it, bench_backward's measure) of tfcompile and of torch.distributed.pipelining, with
+    tfcompile's memory_stats; rank 0 writes the JSON rows."""
+    import torch.distributed as dist
+
+    from tfcompile.models.llama import byte_lm
+
+    torch.set_num_threads(1)
+    rows = []
+    M, mb = args.microbatches, args.batch
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (M * mb, args.seq), generator=gen)
+    y = torch.randint(0, 256, (M * mb, args.seq), generator=gen)
+    for name in ("1F1B", "ZBV"):
+        model = byte_lm(args.dim, args.blocks, 4, 2, args.seq, 0)
+        world = 2
+        stages = world * (2 if name == "ZBV" else 1)
+        per = args.blocks // stages
+        pipe = tfcompile.compile(
+            model, name, stages=stages, microbatches=M, example_inputs=(x[:mb],),
+            loss_fn=_lm_loss, example_target=y[:mb],
+            split_points=[f"layers.{per * s}" for s in range(1, stages)],
+        )  # fmt: skip
+        rank = pipe.rank
+        for _ in range(2):
+            pipe.step(x, y)
+        dist.barrier()
+        ours = _peak_bytes(lambda: pipe.step(x, y))
+        stats = pipe.memory_stats()
+        pipe.close()
+        peer_model = byte_lm(args.dim, args.blocks, 4, 2, args.seq, 0)
+        peer = _peer_step(name, peer_model, rank, world, M)
+        for _ in range(2):
+            peer(x, y)
+        dist.barrier()
+        theirs = _peak_bytes(lambda: peer(x, y))
+        rows.append({"schedule": name, "rank": rank, "tfcompile_peak_bytes": ours,
+                     "torch_pipelining_peak_bytes": theirs,
+                     "ratio": ours / max(1, theirs), "memory_stats": stats})  # fmt: skip
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, rows)
+    if dist.get_rank() == 0:
+        Path(args.peer_out).write_text(json.dumps([r for rs in gathered for r in rs]))
+
+
+def peer_rows(args) -> list[dict]:
+    """Start :func:`peer_worker` on 2 CPU ranks and read its rows (empty if it failed)."""
+    from tfcompile.train.launch import torchrun
+
+    out = Path(args.out).with_suffix(".peer.json")
+    argv = ["--worker", "--peer-out", str(out), "--dim", str(args.dim), "--blocks",
+            str(args.blocks), "--batch", str(args.batch), "--seq", str(args.seq),
+            "--microbatches", str(args.microbatches)]  # fmt: skip
+    rc = torchrun(Path(__file__).resolve(), argv, nproc=2, timeout=args.timeout,
+                  env={"OMP_NUM_THREADS": "1"})  # fmt: skip
+    if rc != 0 or not out.exists():
+        print(f"peer memory run failed (exit {rc})")
+        return []
+    return json.loads(out.read_text())
+
+
 def gpu_check_section(device: str, small: bool) -> list[dict]:
     """Rows for the GPU check script: AC policies (fp32) and bf16 (AC "none" and "full") on a
     LLaMA stage on `device`; each row has name, activation bytes, step seconds and ratios."""
@@ -163,9 +272,17 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--microbatches", type=int, default=4, help="for the 2-rank peer run")
+    ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--quick", action="store_true", help="small sizes, few reps (smoke run)")
+    ap.add_argument("--no-peer", action="store_true", help="skip the 2-rank peer run")
     ap.add_argument("--out", default="benchmarks/results/bench_memory.json")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--peer-out", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        peer_worker(args)
+        return
     if args.quick:
         args.dim, args.seq, args.reps, args.batch, args.blocks = 64, 32, 3, 2, 4
     device = torch.device("cpu")
@@ -195,6 +312,13 @@ def main(argv=None):
               + (f"  ({r['ratio_to_fp32']:.2f}x fp32)" if "ratio_to_fp32" in r else ""))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.no_peer:
+        rows = results["peak_per_rank"] = peer_rows(args)
+        print("\nschedule rank  tfcompile MiB  torch pipelining MiB  ratio  recv buffers MiB")
+        for r in rows:
+            print(f"{r['schedule']:<8} {r['rank']:>4}  {_mib(r['tfcompile_peak_bytes'])}"
+                  f"       {_mib(r['torch_pipelining_peak_bytes'])}         {r['ratio']:5.2f}"
+                  f"  {_mib(r['memory_stats']['recv_buffer_bytes'])}")  # fmt: skip
     out.write_text(json.dumps(results, indent=2, default=str))
     print(f"\nwrote {out}")
 
