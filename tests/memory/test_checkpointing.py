@@ -179,3 +179,43 @@ def test_torch_utils_checkpoint_is_recomputed_and_exact():
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="activation_checkpointing"):
         tfcompile.trace_stage(nn.Linear(2, 2), (torch.randn(1, 2),), activation_checkpointing="x")
+
+
+def test_truncation_skips_recomputing_frozen_prefix_blocks():
+    """On a token-input stage with "full" AC, backward_input variant k (the first k blocks
+    frozen) recomputes none of those blocks: its work shrinks with every frozen block and is
+    nothing once every block is frozen."""
+    from tfcompile.passes.flops import graph_flops
+
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=40, dim=32, n_layers=3, n_heads=4, n_kv_heads=2))
+    blocks = nn.Sequential(model.tok_embeddings, *model.layers)
+    tokens = torch.randint(0, 40, (2, 8))
+    prog = tfcompile.trace_stage(blocks, (tokens,), activation_checkpointing="full")
+    split = prog.split
+    n = len(prog.group_order)
+    assert prog.group_order[0] == "0"  # the embedding: its dW work (layer 0's input gradient)
+    # is its own region's, so variants 0 and 1 differ only in that region
+    flops = [float(graph_flops(split.input_variant(k).gm)) for k in range(n + 1)]
+    assert flops[0] >= flops[1] and all(a > b for a, b in zip(flops[1:], flops[2:])), flops
+    assert flops[-1] == 0
+    # the recomputed forward of block k is in the variants that keep block k's stash only
+    recomputed_mm = [
+        sum(1 for n in split.input_variant(k).gm.graph.nodes if "mm" in str(n.target))
+        for k in range(n + 1)
+    ]
+    assert recomputed_mm[-1] == 0, recomputed_mm
+    assert all(a > b for a, b in zip(recomputed_mm[1:], recomputed_mm[2:])), recomputed_mm
+
+
+def test_reentrant_checkpoint_is_refused_with_the_fix():
+    class Reentrant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return checkpoint(self.lin, x, use_reentrant=True)
+
+    with pytest.raises(tfcompile.TraceError, match="use_reentrant=False"):
+        tfcompile.trace_stage(Reentrant(), (torch.randn(2, 4, requires_grad=True),))
