@@ -24,6 +24,7 @@ from tfcompile import schedules, validate
 from tfcompile.errors import RuntimeConfigError, TraceError
 from tfcompile.freeze.config import FreezeConfig
 from tfcompile.groups import stage_groups
+from tfcompile.precision import check_precision, wire_inputs
 from tfcompile.runtime import distributed
 from tfcompile.runtime.collectives import exit_promptly_on_uncaught_error, guarded
 from tfcompile.runtime.executor import interleave
@@ -73,6 +74,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     device: torch.device | str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     recv_lookahead: int | None = None,
+    activation_checkpointing: str = "none",
+    mixed_precision: str | None = None,
 ) -> Pipeline:
     """Compile `model` into a pipeline for this process's rank.
 
@@ -84,7 +87,13 @@ def compile(  # noqa: A001 - the public name the design asks for
     ones (a boolean mask, position ids) included: those get no gradient. `schedule` (a name,
     a torch-format CSV path or a Schedule) may be given by position, as in
     ``compile(model, "1F1B", ...)``; every parameter after it is keyword-only.
+    `activation_checkpointing` ("none", "full", "selective") chooses which forward values each
+    stage saves for its backward (see ``tfcompile/passes/checkpointing.py``).
+    ``mixed_precision="bf16"``: float32 parameters and .grad, bfloat16 autocast traced into
+    each stage, activations and gradients sent between stages in bfloat16, a float32 loss
+    (see ``tfcompile/precision.py``).
     """
+    precision = check_precision(mixed_precision)
     if example_inputs is None or loss_fn is None or example_target is None:
         raise RuntimeConfigError(
             "compile needs example_inputs, loss_fn and example_target (one microbatch's)"
@@ -111,6 +120,8 @@ def compile(  # noqa: A001 - the public name the design asks for
         with _state_kept(model, loss_fn):
             specs = split_model(model, sched.num_stages, example_inputs, split_points)
             stage_inputs = stage_example_inputs(specs, example_inputs)
+            # what each stage receives over the wire (bfloat16 activations under "bf16")
+            wire = [stage_inputs[0], *(wire_inputs(v, precision) for v in stage_inputs[1:])]
             _check_split(specs, stage_inputs, sched)
             local = (
                 sched.stages_of(proc.rank) if proc.distributed else list(range(sched.num_stages))
@@ -120,6 +131,7 @@ def compile(  # noqa: A001 - the public name the design asks for
                 model, specs, stage_inputs, local,
                 loss_fn=loss_fn, example_target=example_target, groups=groups,
                 device=proc.device, forward_only=forward_only,
+                activation_checkpointing=activation_checkpointing, mixed_precision=precision,
             )  # fmt: skip
         tied: list = []
         if proc.distributed:
@@ -127,7 +139,7 @@ def compile(  # noqa: A001 - the public name the design asks for
                 _check_same_config(model, sched, specs, example_inputs, example_target, proc)
             with guarded(proc.failure, proc.rank, "compile()'s process groups (new_group)"):
                 tied = distributed.tied_weight_groups(specs, sched.stage_to_rank)
-        transport, order = _make_transport(sched, stage_inputs, proc, timeout=timeout)
+        transport, order = _make_transport(sched, wire, proc, timeout=timeout)
         return Pipeline(
             model=model,
             schedule=sched,
@@ -137,7 +149,7 @@ def compile(  # noqa: A001 - the public name the design asks for
             device=proc.device,
             transport=transport,
             order=order,
-            grad_specs={s: _float_specs(stage_inputs[s], proc.device) for s in range(len(specs))},
+            grad_specs={s: _float_specs(wire[s], proc.device) for s in range(len(specs))},
             loss_dtype=loss_dtype,
             distributed=proc.distributed,
             lookahead=(recv_lookahead if recv_lookahead is not None else 2 * sched.num_stages + 2),
@@ -147,7 +159,7 @@ def compile(  # noqa: A001 - the public name the design asks for
             freezer_factory=_freezer_factory(freeze),
             forward_only_stages=forward_only,
             loss_fn=loss_fn,
-            eval_tracer=_eval_tracer(specs, stage_inputs, proc.device),
+            eval_tracer=_eval_tracer(specs, wire, proc.device, precision),
         )
     except BaseException as exc:
         if proc.failure is not None:
@@ -249,6 +261,8 @@ def _trace_local_stages(
     groups,
     device: torch.device,
     forward_only: frozenset[int] = frozenset(),
+    activation_checkpointing: str = "none",
+    mixed_precision: str = "fp32",
 ) -> tuple[dict, torch.dtype]:
     """Trace this process's stages (moved to `device`) into StagePrograms; the last stage
     includes the loss. A stage's inputs get gradients when an earlier stage trains (the stage
@@ -268,6 +282,8 @@ def _trace_local_stages(
         spec.module.to(device)
         _plain_tensors_to(spec.module, device)
         inputs = tuple(t.detach().to(device) for t in stage_inputs[s])
+        if s > 0:
+            inputs = wire_inputs(inputs, mixed_precision)
         if s > 0 and s - 1 not in forward_only:  # masks and ids travel without gradients
             inputs = tuple(t.requires_grad_(_gets_grad(t)) for t in inputs)
         last = s == last_stage
@@ -278,6 +294,8 @@ def _trace_local_stages(
                 loss_fn=loss_fn if last else None,
                 example_target=_to(example_target, device) if last else None,
                 groups=stage_groups(groups, spec, model_names),
+                activation_checkpointing=activation_checkpointing,
+                mixed_precision=mixed_precision,
             )
         except TraceError as e:  # say which of the model's blocks the stage holds
             raise TraceError(f"stage {s} (blocks {', '.join(spec.block_names)}): {e}") from e
@@ -285,6 +303,8 @@ def _trace_local_stages(
             with torch.no_grad():
                 out = spec.module(*stage_inputs[s])
                 loss_dtype = loss_fn(out, example_target).dtype
+                if mixed_precision != "fp32":
+                    loss_dtype = torch.float32  # the traced loss is cast to float32
     return programs, loss_dtype
 
 
@@ -304,7 +324,10 @@ def _forward_only_stages(specs: Sequence[StageSpec], loss_fn: Callable) -> froze
 
 
 def _eval_tracer(
-    specs: Sequence[StageSpec], stage_inputs: Sequence[tuple], device: torch.device
+    specs: Sequence[StageSpec],
+    stage_inputs: Sequence[tuple],
+    device: torch.device,
+    mixed_precision: str = "fp32",
 ) -> Callable[[int], object]:
     """Traces stage `s` into a forward-only program in the current context (module modes,
     autocast), for Pipeline.evaluate; the last stage without its loss (evaluate applies
@@ -315,7 +338,9 @@ def _eval_tracer(
         from tfcompile.trace import trace_stage
 
         inputs = tuple(t.detach().to(device) for t in stage_inputs[s])
-        traced = trace_stage(specs[s].module, inputs, forward_only=True).traced
+        traced = trace_stage(
+            specs[s].module, inputs, forward_only=True, mixed_precision=mixed_precision
+        ).traced
         return StageProgram(traced, update_buffers=False)
 
     return trace

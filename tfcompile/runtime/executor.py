@@ -100,6 +100,7 @@ class StepRunner:
         if self.forward_only:  # forward-only stages run their F actions only
             order = [a for a in order if a.kind == "F" or a.stage not in self.forward_only]
         self.transport.begin_step(step)
+        self.transport.plan(order, lookahead, self.num_stages)  # receive buffers per boundary
         if timed:
             self.timer.begin_step(step)
         needs = [consumed_message(a, self.num_stages) for a in order]

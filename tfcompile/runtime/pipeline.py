@@ -22,6 +22,7 @@ from tfcompile import validate
 from tfcompile.errors import GroupError, RuntimeConfigError
 from tfcompile.runtime.collectives import guarded
 from tfcompile.runtime.executor import StepRunner, forward_only_order
+from tfcompile.runtime.memory import memory_stats
 from tfcompile.runtime.timers import ActionTimer, median_profile
 from tfcompile.runtime.transport import TensorSpec
 from tfcompile.schedules.actions import Action, Schedule
@@ -484,6 +485,13 @@ class Pipeline:
         parts = [p for g in gathered for p in g[0]]
         arrivals = [a for g in gathered for a in g[1]]
         return CostProfile.from_dict(median_profile(parts, arrivals, self.num_stages, frozen))
+
+    def memory_stats(self) -> dict[str, int]:
+        """This rank's memory in bytes: ``peak_bytes`` (CUDA peak allocated, or the process's
+        peak RSS on CPU), ``activation_bytes`` (kept for pending backwards now: between
+        steps 0) and ``recv_buffer_bytes`` (receive buffers allocated, bounded per stage
+        boundary by the schedule's in-flight microbatches). See ``runtime/memory.py``."""
+        return memory_stats(self.stage_programs.values(), self.transport, self.device)
 
     def step_times(self, window: int | None = None) -> list[float]:
         """Wall-clock seconds of the last steps on this rank (first action start to last end)."""

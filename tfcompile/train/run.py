@@ -64,6 +64,14 @@ class RunConfig:
     stages: int | None = _opt(None, "pipeline stages (default: the schedule's for the ranks)")
     microbatches: int = _opt(4, "microbatches per step")
     batch: int = _opt(16, "sequences per step (split into the microbatches)")
+    activation_checkpointing: str = _opt(
+        "none", "forward values the backward recomputes: none, full (block inputs kept), "
+        "selective (matmul outputs kept)", choices=("none", "full", "selective"),
+    )  # fmt: skip
+    mixed_precision: str = _opt(
+        "fp32", "fp32, or bf16 (bf16 autocast traced in, bf16 between stages, fp32 weights)",
+        choices=("fp32", "bf16"),
+    )  # fmt: skip
     # -- optimisation
     steps: int = _opt(100, "training steps")
     lr: float = _opt(3e-3, "peak learning rate (AdamW; warm-up over a tenth, cosine decay)")
@@ -276,6 +284,8 @@ def build_pipeline(config: RunConfig, world: int):
         example_target=example,
         freeze=config.freeze_config(),
         ranks=config.ranks if world == 1 else None,
+        activation_checkpointing=config.activation_checkpointing,
+        mixed_precision=config.mixed_precision,
     )
     return pipe, model
 
