@@ -25,6 +25,7 @@ from tfcompile.errors import RuntimeConfigError, TraceError
 from tfcompile.freeze.config import FreezeConfig
 from tfcompile.groups import stage_groups
 from tfcompile.runtime import distributed
+from tfcompile.runtime.data_parallel import ParallelMesh, resolve_mesh
 from tfcompile.runtime.executor import interleave
 from tfcompile.runtime.pipeline import DEFAULT_TIMER_WINDOW, Pipeline
 from tfcompile.runtime.transport import DistTransport, FailureSignal, LocalTransport, TensorSpec
@@ -72,6 +73,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     device: torch.device | str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     recv_lookahead: int | None = None,
+    dp: int | None = None,
+    mesh=None,
 ) -> Pipeline:
     """Compile `model` into a pipeline for this process's rank.
 
@@ -83,6 +86,13 @@ def compile(  # noqa: A001 - the public name the design asks for
     ones (a boolean mask, position ids) included: those get no gradient. `schedule` (a name,
     a torch-format CSV path or a Schedule) may be given by position, as in
     ``compile(model, "1F1B", ...)``; every parameter after it is keyword-only.
+
+    Data parallelism (under torchrun): ``dp=N`` runs N replicas of the pipeline on
+    world = N x pp processes (a ``DeviceMesh`` with dims ("dp", "pp") is built with
+    ``init_device_mesh``), or pass that ``mesh`` yourself. Each replica's ``step`` takes its own
+    share of the global batch (``pipe.dp_rank`` of ``pipe.dp_size``); gradients are averaged
+    over dp after the step, groups frozen in every microbatch skip the reduction
+    (`tfcompile.runtime.data_parallel`).
     """
     if example_inputs is None or loss_fn is None or example_target is None:
         raise RuntimeConfigError(
@@ -92,8 +102,9 @@ def compile(  # noqa: A001 - the public name the design asks for
         tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     )
     proc = _init_process(
-        schedule=schedule, stages=stages, ranks=ranks, device=device, timeout=timeout
-    )
+        schedule=schedule, stages=stages, ranks=ranks, device=device, timeout=timeout,
+        dp=dp, mesh=mesh,
+    )  # fmt: skip
     try:
         sched = schedules.resolve(
             schedule, stages=stages, microbatches=microbatches, ranks=proc.ranks
@@ -133,7 +144,10 @@ def compile(  # noqa: A001 - the public name the design asks for
             timer_window=_timer_window(freeze),
             failure=proc.failure,
             tied_groups=(
-                distributed.tied_weight_groups(specs, sched.stage_to_rank)
+                distributed.tied_weight_groups(
+                    specs, sched.stage_to_rank,
+                    replicas=proc.parallel.replicas if proc.parallel is not None else None,
+                )  # fmt: skip
                 if proc.distributed
                 else ()
             ),
@@ -141,6 +155,7 @@ def compile(  # noqa: A001 - the public name the design asks for
             forward_only_stages=forward_only,
             loss_fn=loss_fn,
             eval_tracer=_eval_tracer(specs, stage_inputs, proc.device),
+            parallel=proc.parallel,
         )
     except BaseException as exc:
         if proc.failure is not None:
@@ -181,21 +196,40 @@ class _Process:
     device: torch.device
     distributed: bool
     failure: FailureSignal | None
+    parallel: ParallelMesh | None = None  # the (dp, pp) mesh under data parallelism
 
 
 def _init_process(
-    *, schedule, stages: int | None, ranks: int | None, device, timeout: float
-) -> _Process:
+    *, schedule, stages: int | None, ranks: int | None, device, timeout: float,
+    dp: int | None = None, mesh=None,
+) -> _Process:  # fmt: skip
     """Join torchrun's process group (WORLD_SIZE > 1), or settle a single-process run's rank
-    count: the given `ranks`, else the schedule's own (`schedules.default_ranks`)."""
+    count: the given `ranks`, else the schedule's own (`schedules.default_ranks`). With `dp`
+    or `mesh`, this process is one pipeline rank of one of dp replicas."""
     if distributed.wants_distributed():
         ctx = distributed.init(timeout, device)
+        parallel = resolve_mesh(dp, mesh, ctx.world_size, ctx.rank, ctx.device)
+        if parallel is not None:
+            if ranks is not None and ranks != parallel.pp_size:
+                raise RuntimeConfigError(
+                    f"ranks={ranks} but {ctx.world_size} processes with dp={parallel.dp_size} "
+                    f"give {parallel.pp_size} pipeline ranks"
+                )
+            failure = distributed.failure_signal(f"tfcompile/{next(_pipeline_ids)}", timeout)
+            return _Process(
+                parallel.pp_rank, parallel.pp_size, ctx.device, True, failure, parallel
+            )
         if ranks is not None and ranks != ctx.world_size:
             raise RuntimeConfigError(
                 f"ranks={ranks} but torchrun started {ctx.world_size} processes"
             )
         failure = distributed.failure_signal(f"tfcompile/{next(_pipeline_ids)}", timeout)
         return _Process(ctx.rank, ctx.world_size, ctx.device, True, failure)
+    if (dp or 1) > 1 or mesh is not None:
+        raise RuntimeConfigError(
+            f"dp={dp} needs one process per (dp, pp) rank: start the script with `torchrun "
+            "--nproc-per-node <dp x pp> ...`"
+        )
     if ranks is None:
         ranks = schedules.default_ranks(schedule, stages=stages)
     return _Process(0, ranks, torch.device(device or "cpu"), False, None)
@@ -349,8 +383,10 @@ def _check_same_config(
         ),
         "split": [spec.block_names for spec in specs],
         "torch": torch.__version__,
+        "dp": proc.parallel.dp_size if proc.parallel is not None else 1,
     }
-    distributed.check_same_config(summary, proc.rank, proc.ranks)
+    world = proc.parallel.dp_size * proc.ranks if proc.parallel is not None else proc.ranks
+    distributed.check_same_config(summary, proc.rank, world)
 
 
 def _make_transport(
@@ -367,9 +403,11 @@ def _make_transport(
     n = len(stage_inputs)
     act_specs = {("act", s): _specs(stage_inputs[s + 1], proc.device) for s in range(n - 1)}
     grad_specs = {("grad", s): _float_specs(stage_inputs[s], proc.device) for s in range(1, n)}
+    # under dp, pipeline rank r of this replica is global rank pp_ranks[r]
+    to_global = proc.parallel.pp_ranks if proc.parallel is not None else range(proc.ranks)
     transport = DistTransport(
-        proc.rank,
-        sched.stage_to_rank,
+        to_global[proc.rank],
+        [to_global[r] for r in sched.stage_to_rank],
         {**act_specs, **grad_specs},
         proc.device,
         proc.failure,
