@@ -36,10 +36,10 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten())
 
 
-def compile_pipe(model, schedule: str, dp: int):
+def compile_pipe(model, schedule: str, dp: int, rows: int = MB_ROWS):
     world = int(os.environ["WORLD_SIZE"])
     pp = world // dp
-    example = torch.zeros(MB_ROWS, 6, dtype=torch.long)
+    example = torch.zeros(rows, 6, dtype=torch.long)
     return tfcompile.compile(
         model,
         schedule=schedule,
@@ -137,6 +137,7 @@ def main() -> None:
     parser.add_argument("--schedule", default="1F1B")
     parser.add_argument("--dp", type=int, default=2)
     parser.add_argument("--ckpt", default=None)
+    parser.add_argument("--ckpt-dir", default=None)
     parser.add_argument("--timeout", type=float, default=100)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -155,7 +156,82 @@ def main() -> None:
         json.dump(result, f)
 
 
-CASES: dict = {}
+def train(pipe, opt, steps: range) -> None:
+    for step in steps:
+        x, y = global_batch(step, 2)  # the same global batches at every layout
+        opt.zero_grad(set_to_none=True)
+        pipe.step(shard(x, pipe), shard(y, pipe))
+        opt.step()
+
+
+def full_state(pipe, opt) -> dict:
+    """Every parameter and its AdamW state by model name, gathered from every rank."""
+    mine = {
+        n: (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()})
+        for n, p in pipe.named_parameters()
+    }
+    out: dict = {}
+    for part in pipe.all_gather_object(mine):
+        out.update(part)
+    return out
+
+
+def save_case(args) -> dict:
+    """(dp=2, pp=2): 2 steps, save step2 (and the state in plain form for the reference),
+    then 1 more step and a save of step3 during which rank 1 dies between ranks' writes."""
+    model = make_model()
+    pipe = compile_pipe(model, "1F1B", 2)
+    opt = torch.optim.AdamW(pipe.parameters(), lr=1e-2)
+    train(pipe, opt, range(2))
+    saved = tfcompile.save_checkpoint(args.ckpt, pipe, opt)
+    state = full_state(pipe, opt)
+    if int(os.environ["RANK"]) == 0:
+        torch.save(state, os.path.join(args.out, "reference.pt"))
+    rank = int(os.environ["RANK"])
+    with open(os.path.join(args.out, f"saved-rank{rank}.json"), "w") as f:
+        json.dump({"error": None, "saved": str(saved)}, f)
+    train(pipe, opt, range(2, 3))
+    if rank == 1:
+        from torch.distributed.checkpoint import FileSystemWriter
+
+        def die(*a, **k):
+            os._exit(17)  # killed between the ranks' writes
+
+        FileSystemWriter.write_data = die
+    tfcompile.save_checkpoint(args.ckpt, pipe, opt)
+    return {"saved": str(saved), "survived": True}
+
+
+def load_case(args) -> dict:
+    """On 2 processes, at (dp=1, pp=2) and (dp=2, pp=1): load the latest checkpoint and train
+    2 steps; the reference is a pipeline of the same layout given the saved state directly."""
+    reference = torch.load(os.path.join(args.ckpt_dir, "reference.pt"), weights_only=False)
+    out = {}
+    for dp in (1, 2):
+        runs = {}
+        for kind in ("loaded", "reference"):
+            # the same global batch of 2 x 4 microbatches: microbatches of 2 // dp rows
+            pipe = compile_pipe(make_model(seed=5), "1F1B", dp, rows=2 * MB_ROWS // dp)
+            opt = torch.optim.AdamW(pipe.parameters(), lr=1e-2)
+            if kind == "loaded":
+                tfcompile.load_checkpoint(args.ckpt, pipe, opt)
+                step = pipe.step_index
+            else:
+                with torch.no_grad():
+                    for n, p in pipe.named_parameters():
+                        p.copy_(reference[n][0])
+                for n, p in pipe.named_parameters():
+                    opt.state[p] = {k: v.clone() for k, v in reference[n][1].items()}
+            train(pipe, opt, range(2, 4))
+            runs[kind] = {n: p.detach().clone() for n, p in pipe.named_parameters()}
+        diff = max(
+            (runs["loaded"][n] - runs["reference"][n]).abs().max().item() for n in runs["loaded"]
+        )
+        out[f"dp{dp}"] = {"max_abs_diff": diff, "step": step, "params": len(runs["loaded"])}
+    return out
+
+
+CASES: dict = {"save": save_case, "load": load_case}
 
 if __name__ == "__main__":
     main()
