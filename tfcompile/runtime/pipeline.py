@@ -447,7 +447,9 @@ class Pipeline:
             for program in programs.values():
                 program.release()
         local = torch.stack([losses[m] for m in range(M)]).mean().item() if losses else None
-        loss = next(v for v in self._gather(local) if v is not None)
+        # one loss per replica (its last stage's rank): their mean is the global batch's
+        replica_losses = [v for v in self._gather(local) if v is not None]
+        loss = sum(replica_losses) / len(replica_losses)
         if not return_outputs:
             return loss
         outputs = programs[last].gathered_outputs(M) if last in programs else None
@@ -591,7 +593,7 @@ class Pipeline:
 
         parts = [p for g in self._gather(self.timer.last_step()) for p in g]
         profile = self.measured_profile()
-        if self.rank != 0:
+        if self.rank != 0 or self.dp_rank != 0:  # one writer (replica 0's first rank)
             return None
         trace = measured_trace(
             parts,
