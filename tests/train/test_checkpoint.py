@@ -220,3 +220,14 @@ def test_run_config_changes_replan_or_refuse(tmp_path):
     assert capped.step_index == 7 and capped.freezer.plan is None
     log = run(capped, capped_opt, gen, 7 + 7, [])  # warm-up, monitor, plan again
     assert capped.freezer.plan is not None and log[-1][3] == "ramp"
+    # the restarted freezer is saved and resumed with its shifted phases
+    tfcompile.save_checkpoint(tmp_path / "again", capped, capped_opt)
+    again, again_opt = build("timely", max_freeze_ratio=0.5, total_steps=STEPS + 7)
+    gen2 = torch.Generator()
+    gen2.set_state(gen.get_state())
+    tfcompile.load_checkpoint(tmp_path / "again", again, again_opt)
+    assert again.freeze_restart_step == 7 and again.freezer.plan is not None
+    rng = torch.get_rng_state()
+    expected = run(capped, capped_opt, gen, 16, [])
+    torch.set_rng_state(rng)
+    assert run(again, again_opt, gen2, 16, []) == expected

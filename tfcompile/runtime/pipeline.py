@@ -167,6 +167,9 @@ class Pipeline:
         self._local_param_names = self._collect_local_params()
         self.parallel = parallel
         self._reducer = self._make_reducer()
+        #: the step at which load_checkpoint started the freezer over (a changed layout: its
+        #: warm-up is longer by this many steps); 0 when it never did
+        self.freeze_restart_step = 0
         self.freezer: Freezer | None = (
             freezer_factory(self) if freezer_factory is not None else None
         )

@@ -151,6 +151,10 @@ def run_fingerprint(pipe: Any) -> dict[str, Any]:
         cfg = pipe.freezer.config
         for name in ("policy", "seed", "grad", "max_freeze_ratio") + REFUSE_FIELDS[3:]:
             out[name] = getattr(cfg, name)
+        # a freezer that started over at a resume step runs with its warm-up shifted by it
+        restart = int(getattr(pipe, "freeze_restart_step", 0))
+        out["warmup_steps"] = cfg.warmup_steps - restart
+        out["freeze_restart_step"] = restart
     return out
 
 
@@ -468,7 +472,7 @@ def load_checkpoint(
         if not mine["has_optimizer"]:
             raise RuntimeConfigError(f"{directory} was saved without optimizer state")
         _load_optimizer(optimizer, pipe, state, ranks)
-    _load_freezer(pipe, ranks, replan, directory)
+    _load_freezer(pipe, ranks, replan, int(manifest["fingerprint"].get("freeze_restart_step", 0)))
     pipe.step_index = int(manifest["step"])
     torch.set_rng_state(mine["rng"]["cpu"])
     if "cuda" in mine["rng"] and torch.cuda.is_available():
@@ -529,22 +533,32 @@ def _load_optimizer(optimizer, pipe: Any, state: dict, ranks: list[dict]) -> Non
     optimizer.load_state_dict({"state": new_state, "param_groups": sd["param_groups"]})
 
 
-def _load_freezer(pipe: Any, ranks: list[dict], replan: bool, directory: Path) -> None:
-    freezer = pipe.freezer
-    if freezer is None:
+def _load_freezer(pipe: Any, ranks: list[dict], replan: bool, restarted: int) -> None:
+    """Restore the freezer (same layout), or start it over at the resume step (a re-plan
+    field changed). ``restarted`` is the step at which the saved run's freezer started over
+    (0: never); its phases are shifted by it, and so are the resumed freezer's."""
+    if pipe.freezer is None:
         return
-    step = int(ranks[0]["step_index"])
     if not replan:
         for r in ranks:  # a saved rank of another replica with the same stages
             if list(r["local_stages"]) == list(pipe.local_stages):
-                freezer.load_state_dict(r["freezer"])
+                _restart_freezer(pipe, restarted)
+                pipe.freezer.load_state_dict(r["freezer"])
                 return
-    # the layout or cap changed: start over at the resume step (warm-up, monitor, plan)
+    _restart_freezer(pipe, int(ranks[0]["step_index"]))
+
+
+def _restart_freezer(pipe: Any, step: int) -> None:
+    """A fresh freezer whose warm-up lasts ``step`` steps longer: it monitors, plans and
+    ramps from ``step`` on as a new run would from 0."""
     from tfcompile.freeze.controller import Freezer
 
-    cfg = freezer.config
-    shifted = replace(cfg, warmup_steps=cfg.warmup_steps + step)
+    original = pipe.freezer.config.warmup_steps - int(getattr(pipe, "freeze_restart_step", 0))
+    if step == int(getattr(pipe, "freeze_restart_step", 0)):
+        return
+    shifted = replace(pipe.freezer.config, warmup_steps=original + step)
     pipe.freezer = Freezer.for_pipeline(shifted, pipe)
+    pipe.freeze_restart_step = step
 
 
 __all__ = [
