@@ -123,7 +123,9 @@ class _StepPlan:
     skipped_frozen: list[str]
     groups_skipped: int
     remaining_w: dict[int, int]
+    actions_left: int
     buckets: list[_Bucket] = field(default_factory=list)
+    overlapped: int = 0  # buckets launched while this rank still had actions to run
 
 
 class GradReducer:
@@ -181,19 +183,25 @@ class GradReducer:
                 skipped.append(name)
                 continue
             pending.setdefault(where, []).append(name)
-        self._plan = _StepPlan(pending, skipped, groups_skipped, remaining)
+        self._plan = _StepPlan(pending, skipped, groups_skipped, remaining, len(order))
         self._launch_ready()  # parameters of stages without backward actions
 
     def action_done(self, action) -> None:
         """Called after each action: when it was a stage's last W (or B) of the step, start
         reducing the parameters whose every holding stage is done."""
         plan = self._plan
-        if plan is None or action.kind not in ("W", "B"):
+        if plan is None:
+            return
+        plan.actions_left -= 1
+        if action.kind not in ("W", "B"):
             return
         left = plan.remaining_w.get(action.stage, 0) - 1
         plan.remaining_w[action.stage] = left
         if left == 0:
+            launched = len(plan.buckets)
             self._launch_ready()
+            if plan.actions_left > 0:
+                plan.overlapped += len(plan.buckets) - launched
 
     def _launch_ready(self) -> None:
         plan = self._plan
@@ -249,6 +257,7 @@ class GradReducer:
         self.stats = {
             "bytes_reduced": reduced,
             "buckets": len(plan.buckets),
+            "buckets_overlapped": plan.overlapped,
             "params_reduced": sum(len(b.names) for b in plan.buckets),
             "params_skipped_frozen": len(plan.skipped_frozen),
             "bytes_skipped_frozen": skipped_bytes,

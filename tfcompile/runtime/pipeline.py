@@ -370,7 +370,8 @@ class Pipeline:
 
     def comm_stats(self) -> dict[str, int]:
         """Gradient reduction of the last step on this rank: ``bytes_reduced`` (gradient
-        bytes all-reduced over dp), ``buckets``, ``params_reduced``, ``params_skipped_frozen``
+        bytes all-reduced over dp), ``buckets`` (``buckets_overlapped``: started while this
+        rank still had actions of the step to run), ``params_reduced``, ``params_skipped_frozen``
         and ``bytes_skipped_frozen`` (parameters of groups frozen in every microbatch of the
         step on this rank's stages: not reduced at all), ``groups_skipped``, ``dp_size``.
         Zeros without data parallelism."""
