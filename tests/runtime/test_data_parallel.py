@@ -69,13 +69,15 @@ def test_dp2_pp2_equals_eager_on_the_global_batch(tmp_path):
 def test_checkpoint_survives_a_crash_and_loads_at_other_layouts(tmp_path):
     """Save at (dp=2, pp=2); a rank killed while saving the next checkpoint leaves the
     previous one as the latest; it loads at (1, 2) and (2, 1) and continues bit for bit like a
-    pipeline of that layout given the same state, and at (1, 4) in one process."""
+    pipeline of that layout given the same state, and at (1, 4) in one process. Ranks asked to
+    load checkpoints of different steps all refuse."""
     ckpt = str(tmp_path / "ck" / "step{step}")
     saved = torchrun(4, tmp_path, "--case", "save", "--ckpt", ckpt)
     assert saved.returncode != 0  # rank 1 was killed inside the second save
     assert all(v["saved"].endswith("step2") for v in verdicts(tmp_path, "saved", 4))
     assert not (tmp_path / "ck" / "step3").exists()
     assert tfcompile.latest_checkpoint(ckpt) == tmp_path / "ck" / "step2"
+    reference = torch.load(tmp_path / "reference.pt", weights_only=False)
 
     loaded = torchrun(2, tmp_path, "--case", "load", "--ckpt", ckpt, "--ckpt-dir", str(tmp_path))
     assert loaded.returncode == 0, loaded.stderr[-3000:]
@@ -84,20 +86,20 @@ def test_checkpoint_survives_a_crash_and_loads_at_other_layouts(tmp_path):
         for layout in ("dp1", "dp2"):
             assert verdict[layout]["step"] == 2
             assert verdict[layout]["max_abs_diff"] == 0.0, (layout, verdict)
+        assert "ranks would load different checkpoints" in verdict["mixed"]
 
     sys.path.insert(0, str(WORKER.parent))
     try:
         import dp_worker
     finally:
         sys.path.pop(0)
-    reference = torch.load(tmp_path / "reference.pt", weights_only=False)
     example = torch.zeros(2, 6, dtype=torch.long)
     pipe = tfcompile.compile(
         dp_worker.make_model(seed=5), "1F1B", stages=4, ranks=4, microbatches=4,
         example_inputs=example, loss_fn=dp_worker.loss_fn, example_target=example,
     )  # fmt: skip
     opt = torch.optim.AdamW(pipe.parameters(), lr=1e-2)
-    tfcompile.load_checkpoint(ckpt, pipe, opt)
+    tfcompile.load_checkpoint(tmp_path / "ck" / "step2", pipe, opt)
     assert pipe.step_index == 2
     for name, p in pipe.named_parameters():
         torch.testing.assert_close(p.detach(), reference[name][0], rtol=0, atol=0, msg=name)

@@ -224,10 +224,21 @@ def load_case(args) -> dict:
                     opt.state[p] = {k: v.clone() for k, v in reference[n][1].items()}
             train(pipe, opt, range(2, 4))
             runs[kind] = {n: p.detach().clone() for n, p in pipe.named_parameters()}
+            if kind == "loaded":
+                last = (pipe, opt)
         diff = max(
             (runs["loaded"][n] - runs["reference"][n]).abs().max().item() for n in runs["loaded"]
         )
         out[f"dp{dp}"] = {"max_abs_diff": diff, "step": step, "params": len(runs["loaded"])}
+    # ranks asked to load checkpoints of different steps all refuse (none waits)
+    pipe, opt = last
+    newer = tfcompile.save_checkpoint(args.ckpt, pipe, opt)
+    older = args.ckpt.replace("{step}", "2")
+    try:
+        tfcompile.load_checkpoint(older if pipe.dp_rank == 0 else newer, pipe, opt)
+        out["mixed"] = None
+    except tfcompile.RuntimeConfigError as exc:
+        out["mixed"] = str(exc)
     return out
 
 
