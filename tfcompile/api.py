@@ -27,6 +27,7 @@ from tfcompile.groups import stage_groups
 from tfcompile.precision import check_precision, wire_inputs
 from tfcompile.runtime import distributed
 from tfcompile.runtime.collectives import exit_promptly_on_uncaught_error, guarded
+from tfcompile.runtime.data_parallel import ParallelMesh, resolve_mesh
 from tfcompile.runtime.executor import interleave
 from tfcompile.runtime.pipeline import DEFAULT_TIMER_WINDOW, Pipeline
 from tfcompile.runtime.transport import DistTransport, FailureSignal, LocalTransport, TensorSpec
@@ -76,6 +77,8 @@ def compile(  # noqa: A001 - the public name the design asks for
     recv_lookahead: int | None = None,
     activation_checkpointing: str = "none",
     mixed_precision: str | None = None,
+    dp: int | None = None,
+    mesh=None,
 ) -> Pipeline:
     """Compile `model` into a pipeline for this process's rank.
 
@@ -92,6 +95,13 @@ def compile(  # noqa: A001 - the public name the design asks for
     ``mixed_precision="bf16"``: float32 parameters and .grad, bfloat16 autocast traced into
     each stage, activations and gradients sent between stages in bfloat16, a float32 loss
     (see ``tfcompile/precision.py``).
+
+    Data parallelism (under torchrun): ``dp=N`` runs N replicas of the pipeline on
+    world = N x pp processes (a ``DeviceMesh`` with dims ("dp", "pp") is built with
+    ``init_device_mesh``), or pass that ``mesh`` yourself. Each replica's ``step`` takes its own
+    share of the global batch (``pipe.dp_rank`` of ``pipe.dp_size``); gradients are averaged
+    over dp after the step, groups frozen in every microbatch skip the reduction
+    (`tfcompile.runtime.data_parallel`).
     """
     precision = check_precision(mixed_precision)
     if example_inputs is None or loss_fn is None or example_target is None:
@@ -110,8 +120,9 @@ def compile(  # noqa: A001 - the public name the design asks for
         recv_lookahead=recv_lookahead,
     )
     proc = _init_process(
-        schedule=schedule, stages=stages, ranks=ranks, device=device, timeout=timeout
-    )
+        schedule=schedule, stages=stages, ranks=ranks, device=device, timeout=timeout,
+        dp=dp, mesh=mesh,
+    )  # fmt: skip
     try:
         sched = schedules.resolve(
             schedule, stages=stages, microbatches=microbatches, ranks=proc.ranks
@@ -138,7 +149,10 @@ def compile(  # noqa: A001 - the public name the design asks for
             with guarded(proc.failure, proc.rank, "compile()'s config check (all_gather)"):
                 _check_same_config(model, sched, specs, example_inputs, example_target, proc)
             with guarded(proc.failure, proc.rank, "compile()'s process groups (new_group)"):
-                tied = distributed.tied_weight_groups(specs, sched.stage_to_rank)
+                tied = distributed.tied_weight_groups(
+                    specs, sched.stage_to_rank,
+                    replicas=proc.parallel.replicas if proc.parallel is not None else None,
+                )  # fmt: skip
         transport, order = _make_transport(sched, wire, proc, timeout=timeout)
         return Pipeline(
             model=model,
@@ -160,6 +174,7 @@ def compile(  # noqa: A001 - the public name the design asks for
             forward_only_stages=forward_only,
             loss_fn=loss_fn,
             eval_tracer=_eval_tracer(specs, wire, proc.device, precision),
+            parallel=proc.parallel,
         )
     except BaseException as exc:
         if proc.failure is not None:
@@ -200,23 +215,41 @@ class _Process:
     device: torch.device
     distributed: bool
     failure: FailureSignal | None
+    parallel: ParallelMesh | None = None  # the (dp, pp) mesh under data parallelism
 
 
 def _init_process(
-    *, schedule, stages: int | None, ranks: int | None, device, timeout: float
-) -> _Process:
+    *, schedule, stages: int | None, ranks: int | None, device, timeout: float,
+    dp: int | None = None, mesh=None,
+) -> _Process:  # fmt: skip
     """Join torchrun's process group (WORLD_SIZE > 1), or settle a single-process run's rank
-    count: the given `ranks`, else the schedule's own (`schedules.default_ranks`)."""
+    count: the given `ranks`, else the schedule's own (`schedules.default_ranks`). With `dp`
+    or `mesh`, this process is one pipeline rank of one of dp replicas."""
     if distributed.wants_distributed():
         ctx = distributed.init(timeout, device)
+        parallel = resolve_mesh(dp, mesh, ctx.world_size, ctx.rank, ctx.device)
+        failure = distributed.failure_signal(f"tfcompile/{next(_pipeline_ids)}", timeout)
+        failure.start_watchdog(ctx.rank)  # from here on, a blocked rank learns of failures
+        exit_promptly_on_uncaught_error()
+        if parallel is not None:
+            if ranks is not None and ranks != parallel.pp_size:
+                raise RuntimeConfigError(
+                    f"ranks={ranks} but {ctx.world_size} processes with dp={parallel.dp_size} "
+                    f"give {parallel.pp_size} pipeline ranks"
+                )
+            return _Process(
+                parallel.pp_rank, parallel.pp_size, ctx.device, True, failure, parallel
+            )
         if ranks is not None and ranks != ctx.world_size:
             raise RuntimeConfigError(
                 f"ranks={ranks} but torchrun started {ctx.world_size} processes"
             )
-        failure = distributed.failure_signal(f"tfcompile/{next(_pipeline_ids)}", timeout)
-        failure.start_watchdog(ctx.rank)  # from here on, a blocked rank learns of failures
-        exit_promptly_on_uncaught_error()
         return _Process(ctx.rank, ctx.world_size, ctx.device, True, failure)
+    if (dp or 1) > 1 or mesh is not None:
+        raise RuntimeConfigError(
+            f"dp={dp} needs one process per (dp, pp) rank: start the script with `torchrun "
+            "--nproc-per-node <dp x pp> ...`"
+        )
     if ranks is None:
         ranks = schedules.default_ranks(schedule, stages=stages)
     return _Process(0, ranks, torch.device(device or "cpu"), False, None)
@@ -383,8 +416,10 @@ def _check_same_config(
         ),
         "split": [spec.block_names for spec in specs],
         "torch": torch.__version__,
+        "dp": proc.parallel.dp_size if proc.parallel is not None else 1,
     }
-    distributed.check_same_config(summary, proc.rank, proc.ranks)
+    world = proc.parallel.dp_size * proc.ranks if proc.parallel is not None else proc.ranks
+    distributed.check_same_config(summary, proc.rank, world)
 
 
 def _make_transport(
@@ -401,9 +436,11 @@ def _make_transport(
     n = len(stage_inputs)
     act_specs = {("act", s): _specs(stage_inputs[s + 1], proc.device) for s in range(n - 1)}
     grad_specs = {("grad", s): _float_specs(stage_inputs[s], proc.device) for s in range(1, n)}
+    # under dp, pipeline rank r of this replica is global rank pp_ranks[r]
+    to_global = proc.parallel.pp_ranks if proc.parallel is not None else range(proc.ranks)
     transport = DistTransport(
-        proc.rank,
-        sched.stage_to_rank,
+        to_global[proc.rank],
+        [to_global[r] for r in sched.stage_to_rank],
         {**act_specs, **grad_specs},
         proc.device,
         proc.failure,

@@ -7,7 +7,7 @@ an order where each action's inputs already exist (`interleave`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
 
@@ -82,6 +82,9 @@ class StepRunner:
         self.transport = transport
         self.timer = timer
         self.losses: dict[int, torch.Tensor] = {}
+        #: called with each action after it ran (data parallelism starts reducing a stage's
+        #: gradients after its last W); None: nothing to call
+        self.on_action_done: Callable[[object], None] | None = None
 
     def run_step(
         self,
@@ -110,6 +113,8 @@ class StepRunner:
                     window = needs[index : index + lookahead]
                     self.transport.prefetch([k for k in window if k is not None])
                 self._run(action, inputs, targets, frozen, loss_seed, timed)
+                if self.on_action_done is not None:
+                    self.on_action_done(action)
         except BaseException:
             # a failed step releases what it kept (pending forwards, messages in flight
             # locally), so that the next step starts clean; the timer drops the step
