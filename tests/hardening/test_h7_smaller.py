@@ -62,7 +62,9 @@ def test_failed_save_leaves_no_tmp(tmp_path):
     with pytest.raises((AttributeError, TypeError, pickle.PicklingError)):
         save_checkpoint(tmp_path, pipe, None, extra={"bad": lambda: None})  # unpicklable
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(OSError):  # our own: a directory in the file's place
-        (tmp_path / "rank0.pt.tmp").mkdir()
-        save_checkpoint(tmp_path, pipe, None)
-    assert not (tmp_path / "rank0.pt").exists()
+    # own example: the checkpoint's place is taken by a file, so the commit rename fails
+    target = tmp_path / "ckpt"
+    target.write_text("not a checkpoint")
+    with pytest.raises(Exception, match="could not commit checkpoint|ckpt"):
+        save_checkpoint(target, pipe, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no ckpt.tmp left

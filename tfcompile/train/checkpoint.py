@@ -322,6 +322,8 @@ def _write_manifest(tmp: Path, pipe: Any, world: int) -> None:
 def _replace_dir(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final`` (a checkpoint already there is replaced)."""
     old = final.with_name(final.name + ".old.tmp")
+    if final.exists() and not final.is_dir():
+        raise NotADirectoryError(f"{final} exists and is not a checkpoint directory")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
