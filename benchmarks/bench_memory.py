@@ -212,7 +212,7 @@ def peer_worker(args) -> None:
         for _ in range(2):
             pipe.step(x, y)
         dist.barrier()
-        ours = _peak_bytes(lambda: pipe.step(x, y))
+        ours = _peak_bytes(lambda pipe=pipe: pipe.step(x, y))
         stats = pipe.memory_stats()
         pipe.close()
         peer_model = byte_lm(args.dim, args.blocks, 4, 2, args.seq, 0)
@@ -220,7 +220,7 @@ def peer_worker(args) -> None:
         for _ in range(2):
             peer(x, y)
         dist.barrier()
-        theirs = _peak_bytes(lambda: peer(x, y))
+        theirs = _peak_bytes(lambda peer=peer: peer(x, y))
         rows.append({"schedule": name, "rank": rank, "tfcompile_peak_bytes": ours,
                      "torch_pipelining_peak_bytes": theirs,
                      "ratio": ours / max(1, theirs), "memory_stats": stats})  # fmt: skip
