@@ -122,7 +122,9 @@ class Freezer:
     gradient semantics and the metric baselines), ``gather`` the collective that merges the
     baselines' per-rank metrics (None: each rank decides over its own stages, with a
     warning), ``planner`` the planner (default: a `FreezePlanner` of the layout's schedule,
-    built on first use and kept for every re-plan).
+    built on first use and kept for every re-plan). ``announce``: this process prints the
+    phase changes and the plan summary on stdout when logging is not configured (rank 0;
+    they go to the ``tfcompile.freeze`` logger at INFO on every rank either way).
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class Freezer:
         parameters: Mapping[str, torch.nn.Parameter] | None = None,
         gather: Gather | None = None,
         planner: Planner | None = None,
+        announce: bool = False,
     ) -> None:
         if not isinstance(config, FreezeConfig):
             raise FreezeConfigError(
@@ -180,6 +183,9 @@ class Freezer:
         self.replans = 0
         self._frozen: Frozen = {}
         self._counters = _Counters()
+        self._announce = announce
+        if config.pinned and config.uses_plan:
+            self._pin(config.plan)
 
     @classmethod
     def for_pipeline(
@@ -192,6 +198,7 @@ class Freezer:
             parameters=dict(pipe.named_parameters()),
             gather=pipe.all_gather_object,
             planner=planner,
+            announce=getattr(pipe, "rank", 0) == 0,
         )
 
     # ----------------------------------------------------------------- public state
@@ -275,7 +282,7 @@ class Freezer:
         steady steps.
         """
         cfg = self.config
-        if not cfg.uses_plan:
+        if not cfg.uses_plan or cfg.pinned:
             return None
         phases = self._phases
         if step >= phases.wmin_start and self.profiles["wmax"] is None:
@@ -301,7 +308,7 @@ class Freezer:
         self._update_metrics(step)
         phase = self._phases.at(step)
         if phase != self._phase:
-            log.info("freeze: step %d: phase %s -> %s", step, self._phase or "start", phase)
+            self._say("freeze: step %d: phase %s -> %s", step, self._phase or "start", phase)
             self._phase = phase
         self._frozen = self._decide(step)
         return dict(self._frozen)
@@ -371,8 +378,8 @@ class Freezer:
         self._plan = plan
         self._reference_makespan = float(plan.makespan)
         before, after = float(plan.baseline_makespan), float(plan.makespan)
-        log.info(
-            "freeze: step %d: plan predicts step time %.6g -> %.6g (%+.1f%%); "
+        self._say(
+            "freeze: step %d: plan predicts step time %.4g -> %.4g (%+.1f%%); "
             "mean ratio per stage %s",
             step,
             before,
@@ -395,7 +402,7 @@ class Freezer:
             return
         new = self.planner.plan(refreshed)
         adopted = adopt(float(new.makespan), moved.current, self.config.replan_min_gain)
-        log.info(
+        self._say(
             "freeze: step %d: profile drifted %.1f%%; re-planned step time %.6g vs %.6g "
             "for the plan in force: %s",
             step,
@@ -408,6 +415,34 @@ class Freezer:
             self._plan = new
             self._reference_makespan = float(new.makespan)
             self.replans += 1
+
+    def _pin(self, path: str) -> None:
+        """Follow the plan in ``path`` from the ramp on (no measurement, no LP)."""
+        from tfcompile.freeze.pinned import read_plan_file
+
+        data = read_plan_file(path, self.schedule)
+        self._plan = PlanRecord(
+            ratios=data["ratios"],
+            makespan=data["makespan"],
+            baseline_makespan=data["baseline_makespan"],
+            status="pinned",
+        )
+        self._reference_makespan = data["makespan"]
+        self._say(
+            "freeze: pinned plan %s: predicted step time %.4g -> %.4g; mean ratio per "
+            "stage %s",
+            path,
+            data["baseline_makespan"],
+            data["makespan"],
+            _format_ratios(self._mean_plan_ratios()),
+        )
+
+    def _say(self, message: str, *args: Any) -> None:
+        """Log at INFO; on the announcing rank also print when logging is not configured
+        (a new user sees the phases and the plan without setting up logging)."""
+        log.info(message, *args)
+        if self._announce and not log.hasHandlers():
+            print(message % args, flush=True)
 
     def _mean_plan_ratios(self) -> list[float]:
         ratios = self._plan.ratios if self._plan is not None else {}
