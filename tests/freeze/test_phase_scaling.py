@@ -40,7 +40,7 @@ def test_a_100_step_run_reaches_a_plan_and_steady_state() -> None:
     for _ in range(100):
         run.run_step(freezer)
     assert freezer.plan is not None and freezer.phase == STEADY
-    assert run.profile_calls[:2] == [(10, 5), (15, 5)]  # w_max, then w_min at window ends
+    assert run.profile_calls[:2] == [(10, 4), (15, 4)]  # w_max, w_min: window minus its 1st step
 
 
 def test_explicit_lengths_are_kept_and_checked() -> None:

@@ -285,12 +285,16 @@ class Freezer:
         if not cfg.uses_plan or cfg.pinned:
             return None
         phases = self._phases
+        # the first step of a monitoring window pays for the switch (lazily traced backward
+        # variants, new buffers: measured 2x the next step on CPU); with two steps or more it
+        # is left out of the window's medians
+        window = cfg.monitor_steps - 1 if cfg.monitor_steps >= 2 else cfg.monitor_steps
         if step >= phases.wmin_start and self.profiles["wmax"] is None:
-            return Measurement(cfg.monitor_steps)
+            return Measurement(window)
         if step >= phases.ramp_start and self.profiles["wmin"] is None:
             if 0 < cfg.wmin_microbatches < self.num_microbatches:  # only some were frozen
-                return Measurement(cfg.monitor_steps, "all")
-            return Measurement(cfg.monitor_steps)
+                return Measurement(window, "all")
+            return Measurement(window)
         since = step - phases.steady_start
         if cfg.replan_every > 0 and since > 0 and since % cfg.replan_every == 0:
             return Measurement(min(cfg.replan_every, cfg.monitor_steps))

@@ -29,7 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from tfcompile.freeze.config import GRAD_MODES, PLANNED_POLICIES, POLICIES, FreezeConfig
+from tfcompile.freeze.config import (
+    DEFAULT_REPLAN_EVERY,
+    GRAD_MODES,
+    PLANNED_POLICIES,
+    POLICIES,
+    FreezeConfig,
+)
 from tfcompile.train.checkpoint import load_checkpoint, save_checkpoint
 from tfcompile.train.loop import TrainResult, train
 from tfcompile.train.steplog import StepLog, merge_rank_logs, plot_rows
@@ -150,6 +156,7 @@ class RunConfig:
             monitor_steps=self.monitor or unit,
             ramp_steps=unit,
             check_every=self.check_every or max(1, unit // 2),
+            replan_every=DEFAULT_REPLAN_EVERY,
             grad=self.grad,
             seed=self.seed,
             total_steps=self.steps,
