@@ -438,7 +438,7 @@ def gantt(
     ax.legend(
         handles=handles,
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.18 - 0.02 * nr**0),
+        bbox_to_anchor=(0.5, -0.3),  # below the x-axis label
         ncol=len(handles),
         fontsize=8,
         frameon=False,
