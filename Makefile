@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-stage test test-fast lint bench clean
+.PHONY: setup demo demo-stage test test-fast lint bench reproduce clean
 
 $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_backward.py
 	$(BIN)/python benchmarks/bench_plan.py
 	$(BIN)/python benchmarks/bench_runtime.py
+
+# the TimelyFreeze study (fine-tuning, 4 schedules x 7 methods x 3 seeds, cap sweep): results/reproduce/
+reproduce: $(STAMP)
+	$(BIN)/python benchmarks/reproduce.py
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check tfcompile tests benchmarks examples

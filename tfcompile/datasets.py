@@ -3,6 +3,10 @@
 - `stdlib_corpus`: a byte-level language-modelling corpus built from the Python standard
   library's own .py files (whatever interpreter runs this), split by file into train and
   held-out validation so that validation text was never seen in training.
+- `docs_corpus`: English prose shipped with Python, the language reference topics that
+  ``pydoc`` shows (``pydoc_data.topics``), split by topic: a text domain disjoint from the
+  sources (`stdlib_corpus(exclude=("pydoc_data",))`), for fine-tuning a model pretrained on
+  code.
 - `digits`: scikit-learn's bundled 8x8 handwritten digits (1797 images), split train/val.
 """
 
@@ -40,8 +44,11 @@ def _held_out(path: Path, val_fraction: float) -> bool:
     return digest[0] / 256.0 < val_fraction
 
 
-def stdlib_corpus(max_bytes: int = 8_000_000, val_fraction: float = 0.05) -> ByteCorpus:
-    """Bytes of the standard library's .py files (tests and site-packages left out).
+def stdlib_corpus(
+    max_bytes: int = 8_000_000, val_fraction: float = 0.05, exclude: tuple[str, ...] = ()
+) -> ByteCorpus:
+    """Bytes of the standard library's .py files (tests and site-packages left out, and the
+    top-level packages named in ``exclude``).
 
     Files are taken in sorted path order until `max_bytes` of training text is collected; a
     file goes to validation by a hash of its path, so the split is stable across machines with
@@ -52,7 +59,8 @@ def stdlib_corpus(max_bytes: int = 8_000_000, val_fraction: float = 0.05) -> Byt
     n_train = n_val = 0
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root)
-        if relative.parts[0] in ("site-packages", "test", "idlelib") or "tests" in relative.parts:
+        skipped = ("site-packages", "test", "idlelib", *exclude)
+        if relative.parts[0] in skipped or "tests" in relative.parts:
             continue
         try:
             text = path.read_bytes()
@@ -69,6 +77,28 @@ def stdlib_corpus(max_bytes: int = 8_000_000, val_fraction: float = 0.05) -> Byt
             break
     if not train or not val:
         raise RuntimeError(f"no standard-library sources found under {root}")
+    as_tensor = lambda b: torch.frombuffer(b, dtype=torch.uint8).clone()
+    return ByteCorpus(as_tensor(train), as_tensor(val), n_train, n_val)
+
+
+def docs_corpus(val_fraction: float = 0.1) -> ByteCorpus:
+    """UTF-8 bytes of the Python language reference topics (``pydoc_data.topics.topics``,
+    about 0.7 MB of English prose with code examples), one topic after another in sorted
+    order; a topic goes to validation by a hash of its name (at least one topic each way)."""
+    from pydoc_data.topics import topics
+
+    train, val = bytearray(), bytearray()
+    n_train = n_val = 0
+    for name in sorted(topics):
+        text = topics[name].encode() + b"\n"
+        if _held_out(Path(name), val_fraction):
+            val += text
+            n_val += 1
+        else:
+            train += text
+            n_train += 1
+    if not train or not val:
+        raise RuntimeError("pydoc_data.topics is empty or was split to one side only")
     as_tensor = lambda b: torch.frombuffer(b, dtype=torch.uint8).clone()
     return ByteCorpus(as_tensor(train), as_tensor(val), n_train, n_val)
 

@@ -26,14 +26,22 @@ ROW_KEYS = {
     "val_loss",
     "val_loss_delta",
     "time_to_target_s",
+    "seeds",
+    "gain_spread",
+    "val_loss_delta_spread",
+    "plan_step_gain",
+    "overhead_ms",
+    "measured_over_plan",
 }
 
 
 @pytest.mark.slow
 def test_reproduce_quick(tmp_path):
     out = tmp_path / "reproduce"
+    cache = tmp_path / "pretrained"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / "reproduce.py"), "--quick", "--out", str(out),
+         "--pretrain-cache", str(cache)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -42,6 +50,10 @@ def test_reproduce_quick(tmp_path):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     results = json.loads((out / "results.json").read_text())
     assert results["quick"] is True and not results["failures"]
+    # fine-tuning regime: pretrained once on code (cached), fine-tuned on the docs domain
+    assert results["settings"]["data"] == "docs"
+    assert Path(results["settings"]["init"]).parent == cache
+    assert len(list(cache.glob("*.pt"))) == 1
     rows = {(r["schedule"], r["method"], r["grad"]): r for r in results["rows"]}
     assert set(rows) == {("1F1B", "none", "drop"), ("1F1B", "timely", "drop")}
     for row in rows.values():
@@ -59,7 +71,8 @@ def test_reproduce_quick(tmp_path):
     assert "| 1F1B | timely | drop |" in table and "time to target" in table
     for name in ("val_loss_vs_time.png", "throughput.png", "ratio_vs_step.png"):
         assert (out / name).stat().st_size > 0
-    run = json.loads((out / "runs" / "1F1B__timely__drop.json").read_text())
+    assert timely["seeds"] == 1 and timely["plan_step_gain"] is not None
+    run = json.loads((out / "runs" / "1F1B__timely__drop__s0.json").read_text())
     assert {"val_curve", "step_seconds", "ratios_per_step", "plan"} <= set(run)
     assert len(run["ratios_per_step"]) == run["steps"]
-    assert (out / "runs" / "1F1B__timely__drop" / "steps_rank1.csv").exists()
+    assert (out / "runs" / "1F1B__timely__drop__s0" / "steps_rank1.csv").exists()

@@ -40,10 +40,13 @@ def test_unknown_grad_mode() -> None:
         FreezeConfig(grad="mean")
 
 
+PAPER_PHASES = dict(warmup_steps=100, monitor_steps=100, ramp_steps=100)
+
+
 def test_phases_longer_than_training_raise() -> None:
     with pytest.raises(FreezeConfigError, match="need 400 steps.*only 399"):
-        FreezeConfig(total_steps=399)
-    FreezeConfig(total_steps=400)  # exactly fits
+        FreezeConfig(total_steps=399, **PAPER_PHASES)
+    FreezeConfig(total_steps=400, **PAPER_PHASES)  # exactly fits
     cfg = FreezeConfig()
     with pytest.raises(FreezeConfigError, match="only 10"):
         cfg.check_training_length(10)

@@ -135,6 +135,9 @@ class Freezer:
     built on first use and kept for every re-plan), ``timer`` the runtime's timer whose last
     ``monitor_steps`` steps of samples a checkpoint carries (:meth:`state_dict`), so that a
     run resumed inside a measurement window measures what the uninterrupted run measured.
+    ``announce``: this process prints the
+    phase changes and the plan summary on stdout when logging is not configured (rank 0;
+    they go to the ``tfcompile.freeze`` logger at INFO on every rank either way).
     """
 
     def __init__(
@@ -146,6 +149,7 @@ class Freezer:
         gather: Gather | None = None,
         planner: Planner | None = None,
         timer: WindowTimer | None = None,
+        announce: bool = False,
     ) -> None:
         if not isinstance(config, FreezeConfig):
             raise FreezeConfigError(
@@ -204,6 +208,9 @@ class Freezer:
                 self._phases.ramp_start,
                 self._phases.steady_start,
             )
+        self._announce = announce
+        if config.pinned and config.uses_plan:
+            self._pin(config.plan)
 
     @classmethod
     def for_pipeline(
@@ -217,6 +224,7 @@ class Freezer:
             gather=pipe.all_gather_object,
             planner=planner,
             timer=pipe.timer,
+            announce=getattr(pipe, "rank", 0) == 0 and getattr(pipe, "dp_rank", 0) == 0,
         )
 
     # ----------------------------------------------------------------- public state
@@ -312,15 +320,19 @@ class Freezer:
         steady steps.
         """
         cfg = self.config
-        if not cfg.uses_plan:
+        if not cfg.uses_plan or cfg.pinned:
             return None
         phases = self._phases
+        # the first step of a monitoring window pays for the switch (lazily traced backward
+        # variants, new buffers: measured 2x the next step on CPU); with two steps or more it
+        # is left out of the window's medians
+        window = cfg.monitor_steps - 1 if cfg.monitor_steps >= 2 else cfg.monitor_steps
         if step >= phases.wmin_start and self.profiles["wmax"] is None:
-            return Measurement(cfg.monitor_steps)
+            return Measurement(window)
         if step >= phases.ramp_start and self.profiles["wmin"] is None:
             if 0 < cfg.wmin_microbatches < self.num_microbatches:  # only some were frozen
-                return Measurement(cfg.monitor_steps, "all")
-            return Measurement(cfg.monitor_steps)
+                return Measurement(window, "all")
+            return Measurement(window)
         since = step - phases.steady_start
         if cfg.replan_every > 0 and since > 0 and since % cfg.replan_every == 0:
             return Measurement(min(cfg.replan_every, cfg.monitor_steps))
@@ -341,7 +353,7 @@ class Freezer:
         self._update_metrics(step)
         phase = self._phases.at(step)
         if phase != self._phase:
-            log.info("freeze: step %d: phase %s -> %s", step, self._phase or "start", phase)
+            self._say("freeze: step %d: phase %s -> %s", step, self._phase or "start", phase)
             self._phase = phase
         self._frozen = self._decide(step)
         self._decided_step = step
@@ -421,8 +433,8 @@ class Freezer:
         self._plan = plan
         self._reference_makespan = float(plan.makespan)
         before, after = float(plan.baseline_makespan), float(plan.makespan)
-        log.info(
-            "freeze: step %d: plan predicts step time %.6g -> %.6g (%+.1f%%); "
+        self._say(
+            "freeze: step %d: plan predicts step time %.4g -> %.4g (%+.1f%%); "
             "mean ratio per stage %s",
             step,
             before,
@@ -445,7 +457,7 @@ class Freezer:
             return
         new = self.planner.plan(refreshed)
         adopted = adopt(float(new.makespan), moved.current, self.config.replan_min_gain)
-        log.info(
+        self._say(
             "freeze: step %d: profile drifted %.1f%%; re-planned step time %.6g vs %.6g "
             "for the plan in force: %s",
             step,
@@ -458,6 +470,34 @@ class Freezer:
             self._plan = new
             self._reference_makespan = float(new.makespan)
             self.replans += 1
+
+    def _pin(self, path: str) -> None:
+        """Follow the plan in ``path`` from the ramp on (no measurement, no LP)."""
+        from tfcompile.freeze.pinned import read_plan_file
+
+        data = read_plan_file(path, self.schedule)
+        self._plan = PlanRecord(
+            ratios=data["ratios"],
+            makespan=data["makespan"],
+            baseline_makespan=data["baseline_makespan"],
+            status="pinned",
+        )
+        self._reference_makespan = data["makespan"]
+        self._say(
+            "freeze: pinned plan %s: predicted step time %.4g -> %.4g; mean ratio per "
+            "stage %s",
+            path,
+            data["baseline_makespan"],
+            data["makespan"],
+            _format_ratios(self._mean_plan_ratios()),
+        )
+
+    def _say(self, message: str, *args: Any) -> None:
+        """Log at INFO; on the announcing rank also print when logging is not configured
+        (a new user sees the phases and the plan without setting up logging)."""
+        log.info(message, *args)
+        if self._announce and not log.hasHandlers():
+            print(message % args, flush=True)
 
     def _mean_plan_ratios(self) -> list[float]:
         ratios = self._plan.ratios if self._plan is not None else {}

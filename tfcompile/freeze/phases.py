@@ -37,11 +37,12 @@ class Phases:
 
     @classmethod
     def of(cls, config: FreezeConfig) -> Phases:
+        """The boundaries ``config`` gives; a pinned plan has no monitoring windows."""
         return cls(
             config.policy,
             config.uses_plan,
             config.warmup_steps,
-            config.monitor_steps,
+            0 if config.pinned else config.monitor_steps,
             config.ramp_steps,
             config.check_every,
         )

@@ -32,6 +32,7 @@ import numpy as np
 
 from tfcompile.errors import PlanError
 from tfcompile.planner import netflow
+from tfcompile.planner.highs import new_highs
 from tfcompile.planner.problem import FreezeProblem, Solution
 
 #: stop when the best column's reduced cost is above -DW_TOL * |master objective|
@@ -194,8 +195,6 @@ class _Master:
         cap_up: np.ndarray,
         budget_up: float | None,
     ) -> None:
-        import highspy
-
         self.stage_fz, self.w_fz = stage_fz, w_fz
         self.cap_rows = cap_rows  # stages that have a cap row, in row order
         self.row_of_stage = np.full(num_stages, -1)
@@ -204,7 +203,7 @@ class _Master:
         self.budget_row = self.n_cap if budget_up is not None else -1
         self.conv_row = self.n_cap + (budget_up is not None)
         self.t_row = -1
-        h = highspy.Highs()
+        h = new_highs()  # no banner on stdout
         h.setOptionValue("output_flag", False)
         nrow = self.conv_row + 1
         lower = np.concatenate([np.full(nrow - 1, -np.inf), [1.0]])

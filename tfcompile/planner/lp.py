@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from tfcompile.errors import PlanError
+from tfcompile.planner.highs import new_highs
 from tfcompile.planner.problem import FreezeProblem, Solution
 from tfcompile.schedules.dag import ScheduleDAG
 from tfcompile.schedules.simulate import longest_path
@@ -166,7 +167,7 @@ class _Model:
         objective ``T + freeze_weight * sum W r``."""
         import highspy
 
-        h = highspy.Highs()
+        h = new_highs()  # no banner on stdout
         h.setOptionValue("output_flag", False)
         # Devex dual pricing: a few more pivots than the default (dual steepest edge), each
         # cheaper; measured 20-30% less CPU at 16x128 (1F1B and ZBV)

@@ -31,6 +31,13 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def _fmt_slack(x: float, span: float) -> str:
+    """Slack rounded to 0.01 of the unit, with float noise (< 1e-6 of the step) shown as 0."""
+    if abs(x) <= 1e-6 * max(span, 1e-12):
+        return "0"
+    return f"{round(x, 2):g}"
+
+
 def dag_to_dot(timeline: Timeline, max_nodes: int = 400, title: str | None = None) -> str:
     """DOT text of ``timeline.dag`` annotated with the timeline (ratios, slack, critical path).
 
@@ -60,12 +67,16 @@ def dag_to_dot(timeline: Timeline, max_nodes: int = 400, title: str | None = Non
         parts = [str(a), f"{_fmt(timeline.durations[v])} {timeline.unit}"]
         if dag.freezable[v]:
             parts.append(f"r={r[v]:.2f}")
-        parts.append(f"slack {_fmt(slack[v])}")
+        parts.append(f"slack {_fmt_slack(slack[v], timeline.makespan)}")
         return "\\n".join(parts)
 
     for rank, prog in enumerate(sched.programs):
         lines.append(f"  subgraph cluster_rank{rank} {{")
-        lines.append(f'    label="rank {rank}"; color="#cccccc"; style=rounded;')
+        # title above the nodes, with room: node labels must not run into it
+        lines.append(
+            f'    label=<<B>rank {rank}</B>>; labelloc=t; labeljust=l; margin=18; '
+            'fontsize=14; color="#cccccc"; style=rounded;'
+        )
         base = sum(len(p) for p in sched.programs[:rank])
         for i in range(len(prog)):
             v = base + i
@@ -304,12 +315,16 @@ def gantt(
     title: str | None = None,
     baseline: Timeline | None = None,
     label_limit: int = 600,
+    costs: Any = None,
 ):
     """Gantt chart of a timeline; saved to ``path`` (SVG/PNG by extension) if given.
 
     Frozen work is drawn hatched with its ratio; the critical path is outlined in black; with
     ``baseline`` (the unfrozen timeline) a thin grey row under each rank shows the original.
-    Returns the matplotlib figure.
+    With ``costs`` (the profile the timeline was simulated with) the step is drawn as the
+    runtime executes it: a full backward B as its input-gradient part I followed by its
+    weight-gradient part W (hatched when partly frozen), and a freezable action whose W is
+    fully frozen (zero length) keeps a visible marker. Returns the matplotlib figure.
     """
     import matplotlib
 
@@ -328,7 +343,21 @@ def gantt(
     frozen = dag.freezable & (rr > 0)
     y_of = (nr - 1 - dag.rank) * (1.35 if baseline else 1.0)
     raster = dag.num_nodes > 3000  # keep SVGs of large schedules small: bars as one image
+    executed = costs is not None
+    if executed:
+        _draw_executed(ax, timeline, costs, y_of, row_h, raster)
     for k, name in enumerate(KIND_NAMES):
+        if executed and name in ("B", "W"):  # drawn by _draw_executed (baseline row below)
+            for rank in range(nr):
+                sel = (dag.kind == k) & (dag.rank == rank)
+                if baseline is not None and sel.any():
+                    y = float(y_of[np.flatnonzero(sel)[0]])
+                    ax.broken_barh(
+                        list(zip(baseline.start_times[sel], baseline.durations[sel])),
+                        (y - row_h / 2 - 0.42, 0.25), facecolors=KIND_COLORS[name], alpha=0.45,
+                        rasterized=raster,
+                    )  # fmt: skip
+            continue
         for rank in range(nr):
             sel = (dag.kind == k) & (dag.rank == rank)
             if not sel.any():
@@ -370,6 +399,8 @@ def gantt(
         for v, a in enumerate(dag.actions):
             if du[v] / span > 0.012:
                 txt = str(a) if not frozen[v] else f"{a}\nr={rr[v]:.2f}"
+                if executed and a.kind == "B":
+                    txt = f"B{a.stage},{a.microbatch}" + (f"\nr={rr[v]:.2f}" if frozen[v] else "")
                 ax.text(
                     st[v] + du[v] / 2,
                     y_of[v],
@@ -383,11 +414,18 @@ def gantt(
     ax.set_yticklabels([f"rank {r}" for r in range(nr)])
     ax.set_xlabel(f"time ({timeline.unit})")
     ax.set_xlim(0, max(timeline.makespan, baseline.makespan if baseline else 0) * 1.01 or 1)
+    shown = {n for n in KIND_NAMES if np.any(dag.kind == KIND_NAMES.index(n))}
+    if executed and "B" in shown:
+        shown = (shown - {"B"}) | {"I", "W"}
     handles = [
-        Patch(facecolor=KIND_COLORS[n], label=KIND_LONG[n])
-        for n in KIND_NAMES
-        if np.any(dag.kind == KIND_NAMES.index(n))
+        Patch(facecolor=KIND_COLORS[n], label=KIND_LONG[n]) for n in KIND_NAMES if n in shown
     ]
+    if executed and np.any(dag.freezable & (rr >= 1.0 - 1e-9)):
+        from matplotlib.lines import Line2D
+
+        handles.append(
+            Line2D([], [], color="black", marker="v", linestyle="", label="W fully frozen")
+        )
     if frozen.any():
         handles.append(
             Patch(
@@ -400,7 +438,7 @@ def gantt(
     ax.legend(
         handles=handles,
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.18 - 0.02 * nr**0),
+        bbox_to_anchor=(0.5, -0.3),  # below the x-axis label
         ncol=len(handles),
         fontsize=8,
         frameon=False,
@@ -417,3 +455,41 @@ def gantt(
         fig.savefig(path, dpi=150)
         plt.close(fig)
     return fig
+
+
+def executed_parts(timeline: Timeline, costs: Any) -> list[tuple[int, str, float, float]]:
+    """The timeline's freezable work as executed: ``(node, kind, start, duration)`` with a
+    full backward B split into I (input grads, w_min) then W ((1 - r) of the weight grads);
+    a W of zero length (fully frozen) is kept, with duration 0, so it can be marked."""
+    dag = timeline.dag
+    base, wpart, _ = dag.bind(costs)
+    st, rr = timeline.start_times, timeline.ratios_array
+    parts: list[tuple[int, str, float, float]] = []
+    for v in np.flatnonzero((dag.kind == 1) | (dag.kind == 3)).tolist():
+        w = float(wpart[v]) * (1.0 - float(rr[v])) if dag.freezable[v] else float(base[v])
+        if dag.kind[v] == 1:  # B = I then W
+            i = float(base[v] - wpart[v])
+            parts.append((v, "I", float(st[v]), i))
+            parts.append((v, "W", float(st[v]) + i, w))
+        else:
+            parts.append((v, "W", float(st[v]), w))
+    return parts
+
+
+def _draw_executed(ax, timeline: Timeline, costs: Any, y_of, row_h: float, raster: bool) -> None:
+    """B as I then W, W hatched when partly frozen, a marker where W is fully frozen."""
+    dag = timeline.dag
+    rr = timeline.ratios_array
+    for v, kind, start, dur in executed_parts(timeline, costs):
+        y = float(y_of[v])
+        partly = kind == "W" and dag.freezable[v] and rr[v] > 0
+        if dur > 0:
+            ax.broken_barh(
+                [(start, dur)], (y - row_h / 2, row_h), facecolors=KIND_COLORS[kind],
+                edgecolors="black" if partly else "white", linewidth=0.4 if partly else 0.3,
+                hatch="////" if partly else None, alpha=0.75 if partly else 1.0,
+                rasterized=raster,
+            )  # fmt: skip
+        elif kind == "W":  # fully frozen: no work, but the reader must see it was skipped
+            ax.plot([start], [y + row_h / 2], marker="v", color="black", markersize=4)
+

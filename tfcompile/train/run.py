@@ -30,10 +30,16 @@ import torch
 from torch import nn
 
 from tfcompile.errors import RuntimeConfigError
-from tfcompile.freeze.config import GRAD_MODES, POLICIES, FreezeConfig
+from tfcompile.freeze.config import (
+    DEFAULT_REPLAN_EVERY,
+    GRAD_MODES,
+    PLANNED_POLICIES,
+    POLICIES,
+    FreezeConfig,
+)
 from tfcompile.train.checkpoint import load_checkpoint, save_checkpoint
 from tfcompile.train.loop import TrainResult, train
-from tfcompile.train.steplog import StepLog
+from tfcompile.train.steplog import StepLog, merge_rank_logs, plot_rows
 
 
 def _opt(default: Any, doc: str, **meta: Any) -> Any:
@@ -57,6 +63,16 @@ class RunConfig:
     heads: int = _opt(4, "attention heads")
     kv_heads: int = _opt(2, "key/value heads (grouped-query attention)")
     seq: int = _opt(64, "sequence length (bytes)")
+    data: str = _opt(
+        "stdlib",
+        "training text: stdlib (the standard library's sources), code (the same without "
+        "pydoc_data: a pretraining domain) or docs (pydoc's English language reference: a "
+        "fine-tuning domain disjoint from code)",
+        choices=("stdlib", "code", "docs"),
+    )
+    init: str | None = _opt(
+        None, "start from these model weights (a torch.save'd state_dict, e.g. a pretrained LM)"
+    )
     # -- pipeline
     schedule: str = _opt("1F1B", "pipeline schedule (any name tfcompile.schedules.build knows)")
     ranks: int | None = _opt(
@@ -111,6 +127,11 @@ class RunConfig:
         "rescale (mean over those that contributed)",
         choices=GRAD_MODES,
     )
+    plan: str | None = _opt(
+        None,
+        "pin this plan (plan.json of `tfcompile plan --out` or of an earlier run's --out): "
+        "no monitoring, no LP, the same ratios every run",
+    )
     freezing: FreezeConfig | None = _opt(
         None,
         "library callers: this FreezeConfig as is, instead of the knobs above",
@@ -151,12 +172,14 @@ class RunConfig:
             monitor_steps=self.monitor or unit,
             ramp_steps=unit,
             check_every=self.check_every or max(1, unit // 2),
+            replan_every=DEFAULT_REPLAN_EVERY,
             grad=self.grad,
             seed=self.seed,
             total_steps=self.steps,
             autofreeze_every=unit,
             wmin_microbatches=self.wmin_microbatches,
             prefix_on_truncating_stages=self.prefix_freeze,
+            plan=self.plan if self.freeze in PLANNED_POLICIES else None,
         )
 
     # -- the command line, generated from the fields -------------------------------------
@@ -265,11 +288,16 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
 
-@functools.lru_cache(maxsize=1)
-def corpus():
-    """The stdlib byte corpus, cached: the benchmark runs several trainings in one process."""
-    from tfcompile.datasets import stdlib_corpus
+@functools.lru_cache(maxsize=3)
+def corpus(data: str = "stdlib"):
+    """A byte corpus by `RunConfig.data` name, cached: the benchmark runs several trainings
+    in one process."""
+    from tfcompile.datasets import docs_corpus, stdlib_corpus
 
+    if data == "docs":
+        return docs_corpus()
+    if data == "code":
+        return stdlib_corpus(exclude=("pydoc_data",))
     return stdlib_corpus()
 
 
@@ -286,6 +314,8 @@ def build_pipeline(config: RunConfig, world: int):
             f"--batch {config.batch} does not split into --dp {config.dp} x --microbatches "
             f"{config.microbatches} equal microbatches"
         )
+    if config.init:
+        model.load_state_dict(torch.load(config.init, map_location="cpu", weights_only=True))
     rows = config.batch // (config.dp * config.microbatches)
     example = torch.zeros(rows, config.seq, dtype=torch.long)
     pipe = tfcompile.compile(
@@ -325,12 +355,12 @@ def run(config: RunConfig) -> dict:
     ``config.out``; saves at ``stop`` and every ``save_every`` steps when ``save`` is set.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    last_rank = int(os.environ.get("RANK", "0")) == world - 1  # prints the controller's news
-    logging.basicConfig(level=logging.INFO if last_rank else logging.WARNING, format="%(message)s")
+    first_rank = int(os.environ.get("RANK", "0")) == 0  # prints the controller's news
+    logging.basicConfig(level=logging.INFO if first_rank else logging.WARNING, format="%(message)s")
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // world))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = corpus()
+    data = corpus(config.data)
     pipe, model = build_pipeline(config, world)
     speaker = pipe.num_stages - 1 in pipe.local_stages and pipe.dp_rank == 0
     if speaker:
@@ -372,9 +402,12 @@ def run(config: RunConfig) -> dict:
 
     rank_tag = f"{pipe.rank}" + (f"_dp{pipe.dp_rank}" if pipe.dp_size > 1 else "")
     log_name = f"steps_rank{rank_tag}" + (f"_from{start}" if start else "") + ".csv"
-    with StepLog(
-        out / log_name, items_per_step=tokens, tensorboard_dir=config.tensorboard
-    ) as steplog:
+    # one TensorBoard folder per rank: each rank logs its own stages' ratios (and the last
+    # stage's the loss); point TensorBoard at the parent to see them together
+    tensorboard = None
+    if config.tensorboard is not None:
+        tensorboard = Path(config.tensorboard) / f"rank{rank_tag}"
+    with StepLog(out / log_name, items_per_step=tokens, tensorboard_dir=tensorboard) as steplog:
         result = train(
             pipe,
             optimizer,
@@ -390,11 +423,13 @@ def run(config: RunConfig) -> dict:
             start_step=start,
             on_step_end=on_step_end,
         )
-        if speaker and not config.no_plots:
-            steplog.plot(out)
-    if not config.no_dumps:
-        write_dumps(pipe, out)
+        steplog.flush()
+        merged = merge_rank_logs(pipe.all_gather_object, steplog.path)
+        if pipe.rank == 0 and not config.no_plots:
+            plot_rows(merged, out, prefix=Path(log_name).stem.replace(f"_rank{pipe.rank}", ""))
     summary = summarise(pipe, result, config, start, stop, tokens)
+    if not config.no_dumps:
+        write_dumps(pipe, out, measured_step_ms=_ms(summary.get("median_pipe_step_s")))
     if speaker:
         print(
             f"done: steps {start}-{stop - 1}, median step {1e3 * summary['median_step_s']:.1f} "
@@ -405,34 +440,50 @@ def run(config: RunConfig) -> dict:
     return summary
 
 
-def write_dumps(pipe, out: Path) -> None:
-    """Measured and predicted timelines, the DAG and the Gantt picture of the plan in force."""
-    from tfcompile.freeze.time_model import planner_profile
+def write_dumps(pipe, out: Path, measured_step_ms: float | None = None) -> None:
+    """Measured and predicted timelines, the DAG, the plan (plan.json, pinnable with
+    ``--plan``) and the Gantt picture of the plan in force as the runtime executes it.
+
+    The Gantt title gives the plan's own predicted step time (its LP makespan) and
+    ``measured_step_ms``, the median measured pipeline step of the steady window.
+    """
+    from tfcompile.freeze.pinned import PLAN_FILE, write_plan_file
     from tfcompile.schedules.export import dag_to_dot, gantt, render_dot
     from tfcompile.schedules.simulate import simulate
 
     pipe.write_trace(out / "timeline_measured.json")
     freezer = pipe.freezer
-    if freezer is not None and freezer.plan is not None:
-        profile = planner_profile(freezer.profiles["wmax"], freezer.profiles["wmin"])
-        ratios = dict(freezer.plan.ratios)
-    else:
-        profile, ratios = pipe.measured_profile(), None
+    measured = pipe.measured_profile()  # a collective: every rank takes part
+    plan = freezer.plan if freezer is not None else None
+    profile = freezer.profiles.get("planned") if plan is not None else None
+    profile = profile if profile is not None else measured
+    ratios = dict(plan.ratios) if plan is not None else None
     if pipe.rank != 0 or pipe.dp_rank != 0:
         return
     planned = simulate(pipe.schedule, profile, ratios)
     baseline = simulate(pipe.schedule, profile)
+    unit = planned.unit
+    predicted = float(plan.makespan) if plan is not None else planned.makespan
+    if plan is not None:
+        write_plan_file(
+            out / PLAN_FILE, pipe.schedule, ratios, plan.makespan, plan.baseline_makespan,
+            unit=unit, status=str(getattr(plan, "status", "")), source="run",
+        )  # fmt: skip
     dot = dag_to_dot(planned, title=f"{pipe.schedule.name}: planned step")
     (out / "dag.dot").write_text(dot)
     render_dot(dot, out / "dag.svg")
-    gantt(
-        planned,
-        out / "timeline.svg",
-        title=f"{pipe.schedule.name}: planned step "
-        f"{planned.makespan:.1f} ms (unfrozen {baseline.makespan:.1f} ms)",
-        baseline=baseline,
-    )
+    what = "planned" if plan is not None else "unfrozen"
+    title = f"{pipe.schedule.name}: {what} step {predicted:.1f} {unit} predicted"
+    if plan is not None:
+        title += f" (unfrozen {float(plan.baseline_makespan):.1f} {unit})"
+    if measured_step_ms is not None:
+        title += f"; measured {measured_step_ms:.1f} ms (steady median)"
+    gantt(planned, out / "timeline.svg", title=title, baseline=baseline, costs=profile)
     pipe.schedule.to_csv(out / "schedule.csv")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None or not math.isfinite(seconds) else 1e3 * seconds
 
 
 def summarise(

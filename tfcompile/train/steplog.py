@@ -123,6 +123,11 @@ class StepLog:
         for s in self._stages or []:
             self._tb.add_scalar(f"freeze_ratio/stage{s}", row[f"{RATIO_PREFIX}{s}"], step)
 
+    def flush(self) -> None:
+        """Write buffered rows to the CSV."""
+        if not self._file.closed:
+            self._file.flush()
+
     def close(self) -> None:
         """Flush and close the CSV (and TensorBoard writer)."""
         if not self._file.closed:
@@ -160,6 +165,50 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     return rows
 
 
+def merge_rows(per_rank: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """One run's rows from its ranks' logs: per step, every stage's ratio column (each rank
+    logs its own stages), the loss from the rank that has it (the last stage's), the step
+    time and wall clock as the slowest rank saw them; phase from the first rank."""
+    merged: dict[int, dict[str, Any]] = {}
+    for rows in per_rank:
+        for row in rows:
+            step = int(row["step"])
+            into = merged.setdefault(step, {"step": step, "phase": row.get("phase"), "loss": None})
+            for key, value in row.items():
+                if key.startswith(RATIO_PREFIX):
+                    into[key] = value
+                elif key == "loss" and value is not None:
+                    into["loss"] = value
+                elif key in ("wall_seconds", "step_seconds") and value is not None:
+                    into[key] = max(value, into.get(key) or value)
+                elif key == "throughput" and value is not None:
+                    into[key] = min(value, into.get(key) or value)
+    rows = [merged[k] for k in sorted(merged)]
+    for row in rows:
+        ratios = [v for k, v in row.items() if k.startswith(RATIO_PREFIX) and v is not None]
+        row["mean_ratio"] = sum(ratios) / len(ratios) if ratios else 0.0
+    return rows
+
+
+def merge_rank_logs(
+    gather: Callable[[Any], list[Any]], path: str | os.PathLike
+) -> list[dict[str, Any]]:
+    """Every rank's rows of its log at ``path`` merged (:func:`merge_rows`) on every rank.
+
+    ``gather`` is a collective returning each rank's value (``Pipeline.all_gather_object``),
+    so the ranks need not share a file system.
+    """
+    return merge_rows(gather(read_log(path)))
+
+
+def plot_rows(
+    rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *, prefix: str = "freeze"
+) -> list[Path]:
+    """Plot one run given as rows (e.g. :func:`merge_rank_logs`): every stage's ratio, the
+    loss wherever a row has one."""
+    return _plot_runs([list(rows)], ["run"], out_dir, prefix)
+
+
 def plot_logs(
     paths: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -171,13 +220,21 @@ def plot_logs(
 
     Several runs on one loss plot compare time-to-loss (e.g. timely against no freezing).
     """
+    names = list(labels) if labels is not None else [Path(p).stem for p in paths]
+    return _plot_runs([read_log(p) for p in paths], names, out_dir, prefix)
+
+
+def _plot_runs(
+    runs: Sequence[Sequence[Mapping[str, Any]]],
+    names: Sequence[str],
+    out_dir: str | os.PathLike,
+    prefix: str,
+) -> list[Path]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(labels) if labels is not None else [Path(p).stem for p in paths]
-    runs = [read_log(p) for p in paths]
 
     loss_fig = Figure(figsize=FIGURE_SIZE, dpi=FIGURE_DPI)
     FigureCanvasAgg(loss_fig)
@@ -199,13 +256,14 @@ def plot_logs(
     ax = ratio_fig.add_subplot()
     for name, rows in zip(names, runs):
         columns = sorted(
-            (k for k in (rows[0] if rows else {}) if k.startswith(RATIO_PREFIX)),
+            {k for row in rows for k in row if k.startswith(RATIO_PREFIX)},
             key=lambda k: int(k[len(RATIO_PREFIX) :]),
         )
         for column in columns:
             stage = column[len(RATIO_PREFIX) :]
             label = f"stage {stage}" if len(runs) == 1 else f"{name} stage {stage}"
-            ax.plot([r["step"] for r in rows], [r[column] for r in rows], label=label)
+            points = [(r["step"], r[column]) for r in rows if r.get(column) is not None]
+            ax.plot(*zip(*points), label=label)
     ax.set_xlabel("step")
     ax.set_ylabel("actual freeze ratio")
     ax.set_ylim(-0.02, 1.02)
