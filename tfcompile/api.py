@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tfcompile import _torch_compat as compat
-from tfcompile import schedules
+from tfcompile import adapters, schedules
 from tfcompile.errors import RuntimeConfigError, TraceError
 from tfcompile.freeze.config import FreezeConfig
 from tfcompile.groups import stage_groups
@@ -83,14 +83,24 @@ def compile(  # noqa: A001 - the public name the design asks for
     ones (a boolean mask, position ids) included: those get no gradient. `schedule` (a name,
     a torch-format CSV path or a Schedule) may be given by position, as in
     ``compile(model, "1F1B", ...)``; every parameter after it is keyword-only.
+
+    A transformers or PEFT model of a known family is split by its adapter
+    (``tfcompile.adapters``): blocks named as in the model, and, when omitted, the family's
+    loss (causal LM: next-token cross entropy) and example target.
     """
+    if example_inputs is not None:
+        example_inputs = (
+            tuple(example_inputs) if isinstance(example_inputs, (tuple, list))
+            else (example_inputs,)
+        )
+    adapter = adapters.find_adapter(model)
+    if adapter is not None and example_inputs is not None:
+        loss_fn, example_target = adapters.defaults(adapter, loss_fn, example_target,
+                                                    example_inputs)
     if example_inputs is None or loss_fn is None or example_target is None:
         raise RuntimeConfigError(
             "compile needs example_inputs, loss_fn and example_target (one microbatch's)"
         )
-    example_inputs = (
-        tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    )
     proc = _init_process(
         schedule=schedule, stages=stages, ranks=ranks, device=device, timeout=timeout
     )
@@ -100,7 +110,10 @@ def compile(  # noqa: A001 - the public name the design asks for
         )
         _check_schedule(sched, ranks=proc.ranks, stages=stages)
         with _state_kept(model, loss_fn):
-            specs = split_model(model, sched.num_stages, example_inputs, split_points)
+            blocks = adapter.blocks(model) if adapter is not None else None
+            if adapter is not None:
+                adapters.check_composition(model, adapter, blocks, example_inputs)
+            specs = split_model(model, sched.num_stages, example_inputs, split_points, blocks)
             stage_inputs = stage_example_inputs(specs, example_inputs)
             _check_split(specs, stage_inputs, sched)
             local = (
