@@ -14,7 +14,12 @@ from torch import nn
 
 from tfcompile.adapters import hf_causal_lm, hf_encoder, peft  # noqa: F401 - registers them
 from tfcompile.adapters.base import Adapter, Blocks, check_composition, run_blocks
-from tfcompile.adapters.registry import find_adapter, register_adapter, registered
+from tfcompile.adapters.registry import (
+    find_adapter,
+    register_adapter,
+    registered,
+    unregister_adapter,
+)
 from tfcompile.errors import RuntimeConfigError
 
 __all__ = [
@@ -27,6 +32,7 @@ __all__ = [
     "register_adapter",
     "registered",
     "run_blocks",
+    "unregister_adapter",
 ]
 
 

@@ -30,6 +30,11 @@ def register_adapter(adapter: Adapter, *, first: bool = False) -> Adapter:
     return adapter
 
 
+def unregister_adapter(adapter: Adapter) -> None:
+    """Remove `adapter` (one registered with register_adapter) from the registry."""
+    _ADAPTERS.remove(adapter)
+
+
 def registered() -> tuple[Adapter, ...]:
     """The adapters, in the order they are tried."""
     return tuple(_ADAPTERS)
