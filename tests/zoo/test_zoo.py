@@ -61,6 +61,9 @@ def test_compile_trains_like_eager(name, stages):
         assert abs(a - b) <= 1e-5 * abs(b), (got, want)
     assert grad_err <= 1.0
     assert worst_relative_error(case.model, ref) <= 1.0
+    refs = dict(ref.named_buffers())  # BatchNorm running statistics, updated as eager does
+    for n, b in case.model.named_buffers():
+        torch.testing.assert_close(b, refs[n], rtol=1e-5, atol=1e-7, msg=lambda m, n=n: n)
 
     model_names = {n for n, _ in case.model.named_parameters()}
     module_names = {n for n, _ in case.model.named_modules()}
@@ -87,3 +90,22 @@ def test_compile_trains_like_eager(name, stages):
     for n, p in case.model.named_parameters():
         if n in members:
             assert p.grad is None, n
+
+
+def test_batchnorm_model_trains_and_evaluates_like_eager():
+    """ResNet (BatchNorm): after two training steps the running statistics equal eager's
+    (checked above for every model); in eval mode ``Pipeline.evaluate`` uses them, as eager
+    eval does, and leaves them unchanged."""
+    case = ZOO["resnet_bn"]()
+    pipe = compile_case(case, 2)
+    _, _, ref, _ = train_two_steps(case, pipe, pipe.schedule.num_microbatches)
+    case.model.eval()
+    ref.eval()
+    stats = {n: b.clone() for n, b in case.model.named_buffers()}
+    loss, logits = pipe.evaluate(case.inputs, case.targets, return_outputs=True)
+    with torch.no_grad():
+        want = ref(pixel_values=case.inputs).logits
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-6)
+    for n, b in case.model.named_buffers():
+        assert torch.equal(b, stats[n]), f"evaluation changed {n}"
+    assert any("running_mean" in n for n in stats)

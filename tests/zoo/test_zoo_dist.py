@@ -1,6 +1,7 @@
 """A subset of the zoo under torchrun, 2 ranks (gloo): the tied input/output embedding of
 GPT-2 and of a tie_word_embeddings Llama lives on both ranks, a LoRA model's frozen base
-weights, a BERT classifier. Two AdamW steps equal eager training on every rank."""
+weights, a BERT classifier, a BatchNorm ResNet (running statistics too). Two AdamW steps
+equal eager training on every rank."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).parent / "zoo_worker.py"
-CASES = ("llama_tied", "gpt2", "lora_llama", "bert")
+CASES = ("llama_tied", "gpt2", "lora_llama", "bert", "resnet_bn")
 
 pytestmark = pytest.mark.slow
 
@@ -42,3 +43,4 @@ def test_zoo_model_trains_like_eager_under_torchrun(run, case):
         assert v["grad_err"] <= 1.0, (rank, v)
         assert v["err"] <= 1.0, (rank, v)
         assert v["loss_err"] <= 1e-5, (rank, v)
+        assert v["buffer_err"] <= 1e-6, (rank, v)

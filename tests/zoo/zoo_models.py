@@ -127,6 +127,55 @@ def _classify(name, build, seed):
     return make
 
 
+def vit():
+    import transformers
+
+    return transformers.ViTForImageClassification(transformers.ViTConfig(
+        image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2,
+        num_attention_heads=4, intermediate_size=48, num_labels=3, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, attn_implementation="eager"))
+
+
+def convnext():
+    import transformers
+
+    return transformers.ConvNextForImageClassification(transformers.ConvNextConfig(
+        num_channels=3, patch_size=2, num_stages=3, hidden_sizes=[8, 16, 24], depths=[1, 1, 1],
+        num_labels=3, drop_path_rate=0.0))
+
+
+def convnextv2():
+    import transformers
+
+    return transformers.ConvNextV2ForImageClassification(transformers.ConvNextV2Config(
+        num_channels=3, patch_size=2, num_stages=3, hidden_sizes=[8, 16, 24], depths=[1, 1, 1],
+        num_labels=3, drop_path_rate=0.0))
+
+
+def resnet():
+    import transformers
+
+    return transformers.ResNetForImageClassification(transformers.ResNetConfig(
+        num_channels=3, embedding_size=8, hidden_sizes=[8, 16, 24], depths=[1, 1, 1],
+        layer_type="basic", num_labels=3))
+
+
+def _hf_image_loss(model, x, y):
+    return model(pixel_values=x, labels=y).loss
+
+
+def _image(name, build, seed, size=16):
+    def make() -> ZooCase:
+        torch.manual_seed(seed)
+        model = build()
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(BATCH, 3, size, size, generator=g)
+        y = torch.randint(0, 3, (BATCH,), generator=g)
+        return ZooCase(name, model, x, y, _hf_image_loss)
+
+    return make
+
+
 def lora(build, targets):
     def make():
         import peft
@@ -151,4 +200,9 @@ ZOO: dict[str, Callable[[], ZooCase]] = {
     "lora_llama": _causal("lora_llama", lora(llama, ["q_proj", "v_proj"]), 8),
     "lora_gpt2": _causal("lora_gpt2", lora(gpt2, ["c_attn"]), 9),
     "lora_bert": _classify("lora_bert", lora(bert, ["query", "value"]), 10),
+    "vit": _image("vit", vit, 11),
+    "convnext": _image("convnext", convnext, 12),
+    "convnextv2": _image("convnextv2", convnextv2, 13),
+    # 32x32: a 1-image microbatch still has 2x2 values per channel at the last BatchNorm
+    "resnet_bn": _image("resnet_bn", resnet, 14, size=32),
 }

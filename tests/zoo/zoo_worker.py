@@ -57,7 +57,14 @@ def run_case(name: str) -> dict:
             grad_err = _local_grads_error(pipe, ref)
         opt.step()
         ropt.step()
-    return {"err": _relative_error(pipe, ref), "grad_err": grad_err, "loss_err": loss_err}
+    local = {n for n, _ in pipe.named_parameters()}
+    refs = dict(ref.named_buffers())
+    buffer_err = max((  # BatchNorm running statistics of this rank's blocks, as eager's
+        (b - refs[n]).abs().max().item() for n, b in case.model.named_buffers()
+        if b.is_floating_point() and n.rsplit(".", 1)[0] in {p.rsplit(".", 1)[0] for p in local}
+    ), default=0.0)
+    return {"err": _relative_error(pipe, ref), "grad_err": grad_err, "loss_err": loss_err,
+            "buffer_err": buffer_err}
 
 
 def _case(name: str):

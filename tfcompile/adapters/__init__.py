@@ -1,4 +1,4 @@
-"""Adapters: models someone else wrote (transformers, PEFT) through ``tfcompile.compile()``
+"""Adapters: models someone else wrote (transformers text and vision models, PEFT) through ``tfcompile.compile()``
 unchanged.
 
 ``find_adapter(model)`` gives the :class:`Adapter` of a known family (its blocks named as in
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from tfcompile.adapters import hf_causal_lm, hf_encoder, peft  # noqa: F401 - registers them
+from tfcompile.adapters import hf_causal_lm, hf_encoder, hf_vision, peft  # noqa: F401 - registers
 from tfcompile.adapters.base import Adapter, Blocks, check_composition, run_blocks
 from tfcompile.adapters.registry import (
     find_adapter,
