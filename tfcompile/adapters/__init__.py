@@ -1,5 +1,5 @@
-"""Adapters: models someone else wrote (transformers text and vision models, PEFT) through ``tfcompile.compile()``
-unchanged.
+"""Adapters: models someone else wrote (transformers text and vision models, PEFT) through
+``tfcompile.compile()`` unchanged.
 
 ``find_adapter(model)`` gives the :class:`Adapter` of a known family (its blocks named as in
 the model, its output reduction, default loss and target), None for a model of no known
