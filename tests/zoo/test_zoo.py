@@ -47,8 +47,15 @@ def test_whole_model_traces_as_one_loss_stage(name):
     assert set(prog.region_calls) == set(prog.group_order) - frozen
 
 
-@pytest.mark.parametrize("stages", [2, 4])
-@pytest.mark.parametrize("name", NAMES)
+# 4 stages for one model per family in the fast suite; the rest run with the slow tests (CI)
+FOUR_STAGES_FAST = {"llama_tied", "mistral_window", "gpt2", "bert", "lora_llama", "vit",
+                    "resnet_bn"}
+CASES = [(n, 2) for n in NAMES] + [
+    pytest.param(n, 4, marks=() if n in FOUR_STAGES_FAST else pytest.mark.slow) for n in NAMES
+]
+
+
+@pytest.mark.parametrize("name,stages", CASES)
 def test_compile_trains_like_eager(name, stages):
     """compile(model) with no loss_fn and no target: two AdamW steps equal eager training of a
     deep copy (rtol 1e-5); groups are the model's blocks, named as in the model; a frozen
