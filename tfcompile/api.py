@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from tfcompile import _torch_compat as compat
-from tfcompile import schedules, validate
+from tfcompile import adapters, schedules, validate
 from tfcompile.errors import RuntimeConfigError, TraceError
 from tfcompile.freeze.config import FreezeConfig
 from tfcompile.groups import stage_groups
@@ -102,15 +102,25 @@ def compile(  # noqa: A001 - the public name the design asks for
     share of the global batch (``pipe.dp_rank`` of ``pipe.dp_size``); gradients are averaged
     over dp after the step, groups frozen in every microbatch skip the reduction
     (`tfcompile.runtime.data_parallel`).
+
+    A transformers or PEFT model of a known family is split by its adapter
+    (``tfcompile.adapters``): blocks named as in the model, and, when omitted, the family's
+    loss (causal LM: next-token cross entropy) and example target.
     """
     precision = check_precision(mixed_precision)
+    if example_inputs is not None:
+        example_inputs = (
+            tuple(example_inputs) if isinstance(example_inputs, (tuple, list))
+            else (example_inputs,)
+        )
+    adapter = adapters.find_adapter(model)
+    if adapter is not None and example_inputs is not None:
+        loss_fn, example_target = adapters.defaults(adapter, loss_fn, example_target,
+                                                    example_inputs)
     if example_inputs is None or loss_fn is None or example_target is None:
         raise RuntimeConfigError(
             "compile needs example_inputs, loss_fn and example_target (one microbatch's)"
         )
-    example_inputs = (
-        tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
-    )
     validate.check_compile_args(
         model=model,
         example_inputs=example_inputs,
@@ -129,7 +139,10 @@ def compile(  # noqa: A001 - the public name the design asks for
         )
         _check_schedule(sched, ranks=proc.ranks, stages=stages)
         with _state_kept(model, loss_fn):
-            specs = split_model(model, sched.num_stages, example_inputs, split_points)
+            blocks = adapter.blocks(model) if adapter is not None else None
+            if adapter is not None:
+                adapters.check_composition(model, adapter, blocks, example_inputs)
+            specs = split_model(model, sched.num_stages, example_inputs, split_points, blocks)
             stage_inputs = stage_example_inputs(specs, example_inputs)
             # what each stage receives over the wire (bfloat16 activations under "bf16")
             wire = [stage_inputs[0], *(wire_inputs(v, precision) for v in stage_inputs[1:])]

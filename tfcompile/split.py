@@ -163,9 +163,14 @@ def split_model(
     num_stages: int | None,
     example_inputs: tuple,
     split_points: Sequence[str] | None = None,
+    blocks: Sequence[tuple[str, nn.Module]] | None = None,
 ) -> list[StageSpec]:
-    """Cut `model` into stage modules, by split points or balanced by FLOPs."""
-    blocks, must_check = discover_blocks(model)
+    """Cut `model` into stage modules, by split points or balanced by FLOPs. `blocks` (an
+    adapter's, already checked against the model's forward) replaces discover_blocks."""
+    if blocks is not None:
+        blocks, must_check = list(blocks), False
+    else:
+        blocks, must_check = discover_blocks(model)
     if not blocks:
         raise RuntimeConfigError(f"{type(model).__name__} has no child modules to pipeline")
     if must_check:
