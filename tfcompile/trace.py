@@ -44,7 +44,7 @@ from tfcompile.lifting import (
 from tfcompile.passes.flops import graph_flops
 from tfcompile.passes.roles import OUTPUT_GROUPS, OUTPUT_ROLES, ROLE, output_node
 from tfcompile.passes.split_weight_grad import INPUT, split_weight_grad
-from tfcompile.program import StageProgram, TracedStage, autocast_state, training_flags
+from tfcompile.program import Backend, StageProgram, TracedStage, autocast_state, training_flags
 from tfcompile.split import as_stage_blocks
 from tfcompile.tensor_spec import TensorSpec
 
@@ -61,6 +61,7 @@ def trace_stage(
     groups: GroupChoice = "block",
     input_requires_grad: Sequence[bool] | None = None,
     forward_only: bool = False,
+    backend: str | Backend = "eager",
 ) -> StageProgram:
     """Trace `module` (one pipeline stage) into a :class:`StageProgram`.
 
@@ -83,7 +84,13 @@ def trace_stage(
     (parameters and inputs then treated as constants: an evaluation program), becomes a
     forward-only program: no groups, ``backward_input`` returns None per input and
     ``backward_weight`` does nothing.
+
+    ``backend`` runs the graphs: ``"eager"`` (op by op), ``"inductor"`` (each graph compiled
+    by inductor on first use; see ``tfcompile.compile_backend``), or a Backend instance
+    (``InductorBackend(cuda_graphs=True)``). Unknown names raise RuntimeConfigError.
     """
+    from tfcompile.compile_backend import make_backend
+
     call = as_stage_blocks(module)  # same children and parameter names as `module`
     inputs = _check_example(call, example_inputs, loss_fn, example_target)
     t_leaves, t_spec = _target_leaves(example_target) if loss_fn is not None else ([], None)
@@ -91,6 +98,9 @@ def trace_stage(
     check_plain_tensor_attributes(module, loss_fn)
     params = dict(module.named_parameters())
     buffers = dict(module.named_buffers())
+    first = next(iter(params.values()), inputs[0] if inputs else None)
+    device = getattr(first, "device", None)
+    runner = make_backend(backend, device=device, stage=type(module).__name__)
     is_loss = loss_fn is not None
     with _rng_kept(), _module_state_kept(module):
         eager_out, probed, boundary = _mutated_buffers(call, params, buffers, inputs)
@@ -133,7 +143,8 @@ def trace_stage(
                     module, fw_gm, eager_out, is_loss, probed, params, buffers, inputs, needs_grad
                 ),
                 **fixed,
-            )
+            ),
+            backend=runner,
         )
 
     outs = _map_outputs(
@@ -180,7 +191,7 @@ def trace_stage(
         target_specs=tuple(TensorSpec.of(t) for t in t_leaves),
         **fixed,
     )
-    return StageProgram(traced)
+    return StageProgram(traced, backend=runner)
 
 
 def _forward_only_stage(
