@@ -42,9 +42,11 @@ def _train(case, backend: str, frozen_sets):
     return prog, results, params, compiled_after_first
 
 
-def _close(actual, expected, what):
+def _close(actual, expected, what: str):
     scale = max(float(expected.abs().max()), 1e-12)
-    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5 * scale, msg=what)
+    torch.testing.assert_close(
+        actual, expected, rtol=1e-5, atol=1e-5 * scale, msg=lambda m: f"{what}: {m}"
+    )
 
 
 def _check_equal(name: str, seed: int):
@@ -58,14 +60,14 @@ def _check_equal(name: str, seed: int):
     ref_prog, ref, ref_params, _ = _train(case, "eager", frozen_sets)
     prog, got, params, compiled_first = _train(case, "inductor", frozen_sets)
     for mb, ((o1, g1), (o2, g2)) in enumerate(zip(got, ref)):
-        _close(o1, o2, lambda m: f"{name} mb {mb} output: {m}")
+        _close(o1, o2, f"{name} mb {mb} output")
         for i, (a, b) in enumerate(zip(g1, g2)):
-            _close(a, b, lambda m: f"{name} mb {mb} input grad {i}: {m}")
+            _close(a, b, f"{name} mb {mb} input grad {i}")
     for n, g in ref_params.items():
         if g is None:
             assert params[n] is None, n
         else:
-            _close(params[n], g, lambda m: f"{name} .grad of {n}: {m}")
+            _close(params[n], g, f"{name} .grad of {n}")
     # the frozen groups' regions ran exactly as often as with the eager backend (not in the
     # first microbatch), and were not compiled before a microbatch ran them
     assert prog.region_calls == ref_prog.region_calls

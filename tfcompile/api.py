@@ -21,6 +21,7 @@ from torch import nn
 
 from tfcompile import _torch_compat as compat
 from tfcompile import schedules
+from tfcompile.compile_backend import make_backend
 from tfcompile.errors import RuntimeConfigError, TraceError
 from tfcompile.freeze.config import FreezeConfig
 from tfcompile.groups import stage_groups
@@ -72,6 +73,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     device: torch.device | str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     recv_lookahead: int | None = None,
+    backend="eager",
 ) -> Pipeline:
     """Compile `model` into a pipeline for this process's rank.
 
@@ -83,6 +85,9 @@ def compile(  # noqa: A001 - the public name the design asks for
     ones (a boolean mask, position ids) included: those get no gradient. `schedule` (a name,
     a torch-format CSV path or a Schedule) may be given by position, as in
     ``compile(model, "1F1B", ...)``; every parameter after it is keyword-only.
+    `backend` runs each stage's graphs: ``"eager"``, ``"inductor"`` (every graph compiled by
+    inductor on first use; see ``tfcompile.compile_backend``) or an ``InductorBackend``
+    (``cuda_graphs=True``); ``pipe.stage_programs[s].compile_seconds`` is the time spent.
     """
     if example_inputs is None or loss_fn is None or example_target is None:
         raise RuntimeConfigError(
@@ -95,6 +100,7 @@ def compile(  # noqa: A001 - the public name the design asks for
         schedule=schedule, stages=stages, ranks=ranks, device=device, timeout=timeout
     )
     try:
+        make_backend(backend, device=proc.device)  # refuse a bad backend before tracing
         sched = schedules.resolve(
             schedule, stages=stages, microbatches=microbatches, ranks=proc.ranks
         )
@@ -110,7 +116,7 @@ def compile(  # noqa: A001 - the public name the design asks for
             programs, loss_dtype = _trace_local_stages(
                 model, specs, stage_inputs, local,
                 loss_fn=loss_fn, example_target=example_target, groups=groups,
-                device=proc.device, forward_only=forward_only,
+                device=proc.device, forward_only=forward_only, backend=backend,
             )  # fmt: skip
         if proc.distributed:
             _check_same_config(model, sched, specs, example_inputs, example_target, proc)
@@ -240,6 +246,7 @@ def _trace_local_stages(
     groups,
     device: torch.device,
     forward_only: frozenset[int] = frozenset(),
+    backend="eager",
 ) -> tuple[dict, torch.dtype]:
     """Trace this process's stages (moved to `device`) into StagePrograms; the last stage
     includes the loss. A stage's inputs get gradients when an earlier stage trains (the stage
@@ -269,6 +276,7 @@ def _trace_local_stages(
                 loss_fn=loss_fn if last else None,
                 example_target=_to(example_target, device) if last else None,
                 groups=stage_groups(groups, spec, model_names),
+                backend=make_backend(backend, device=device, stage=f"stage {s}"),
             )
         except TraceError as e:  # say which of the model's blocks the stage holds
             raise TraceError(f"stage {s} (blocks {', '.join(spec.block_names)}): {e}") from e

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tfcompile.compile_backend import BACKENDS
 from tfcompile.freeze.config import GRAD_MODES, POLICIES, FreezeConfig
 from tfcompile.train.checkpoint import load_checkpoint, save_checkpoint
 from tfcompile.train.loop import TrainResult, train
@@ -64,6 +65,11 @@ class RunConfig:
     stages: int | None = _opt(None, "pipeline stages (default: the schedule's for the ranks)")
     microbatches: int = _opt(4, "microbatches per step")
     batch: int = _opt(16, "sequences per step (split into the microbatches)")
+    backend: str = _opt(
+        "eager",
+        "how stage graphs run: eager (op by op) or inductor (compiled on first use, cached)",
+        choices=BACKENDS,
+    )
     # -- optimisation
     steps: int = _opt(100, "training steps")
     lr: float = _opt(3e-3, "peak learning rate (AdamW; warm-up over a tenth, cosine decay)")
@@ -276,6 +282,7 @@ def build_pipeline(config: RunConfig, world: int):
         example_target=example,
         freeze=config.freeze_config(),
         ranks=config.ranks if world == 1 else None,
+        backend=config.backend,
     )
     return pipe, model
 
