@@ -13,7 +13,9 @@ Sections (each a function returning table rows, registered in ``SECTIONS``):
 - ``pipeline``: a single-process pipeline (every stage on the one device, 2 pipeline ranks),
   1F1B and ZBV, eager and inductor backends, TimelyFreeze run to its steady phase: measured
   step time (median of the steady steps; CUDA-event action timers) vs the planner's prediction
-  from the measured profile, tokens/s, compile and first-step time.
+  from the measured profile, tokens/s, compile and first-step time;
+- ``cuda_graphs``: the backward section's stage with ``InductorBackend(cuda_graphs=True)`` vs
+  plain inductor (CUDA only; a skip row elsewhere).
 
 Another section registers with one line, ``SECTIONS.append(Section("name", fn))``, where
 ``fn(ctx) -> list[dict]``; its rows land in the JSON under its name and in the printed table.
@@ -286,9 +288,51 @@ def pipeline(ctx: Context) -> list[dict]:
     return rows
 
 
+# -- CUDA graphs: compiled regions replayed as CUDA graphs vs plain inductor -------------------
+def cuda_graphs(ctx: Context) -> list[dict]:
+    """Forward+backward of the backward section's stage with ``InductorBackend(cuda_graphs=
+    True)`` against plain inductor: median ms and the largest gradient difference. The
+    default of ``cuda_graphs`` is to be decided by this row (CUDA only; a skip row on CPU)."""
+    import tfcompile
+    from tfcompile.compile_backend import InductorBackend
+
+    if ctx.device.type != "cuda":
+        return [{"config": "cuda_graphs", "skipped": "CUDA only"}]
+    s, dev = ctx.sizes, ctx.device
+    torch.manual_seed(0)
+    module = Blocks(_llama_config(s, s.stage_blocks), s.stage_blocks).to(dev)
+    x = torch.randn(s.microbatch, s.seq, s.dim, device=dev, requires_grad=True)
+    dy = torch.randn(s.microbatch, s.seq, s.dim, device=dev)
+    runs = {}
+    variants = {"inductor": "inductor", "inductor+cuda_graphs": InductorBackend(cuda_graphs=True)}
+    for label, backend in variants.items():
+        mod = copy.deepcopy(module)
+        prog = tfcompile.trace_stage(mod, (x,), backend=backend)
+
+        def fb(prog=prog, mod=mod):
+            mod.zero_grad(set_to_none=True)
+            prog.forward(0, x)
+            prog.backward(0, dy)
+
+        first = _timed(ctx, fb)
+        fb()
+        times = [_timed(ctx, fb) for _ in range(s.reps)]
+        runs[label] = (statistics.median(times), first, mod, prog.compile_seconds)
+    base_ms = runs["inductor"][0]
+    ref = dict(runs["inductor"][2].named_parameters())
+    rows = []
+    for label, (med, first, mod, compile_s) in runs.items():
+        err = max(_rel_err(p.grad, ref[n].grad) for n, p in mod.named_parameters())
+        rows.append({"config": label, "median_ms": 1e3 * med, "vs_inductor": med / base_ms,
+                     "first_call_ms": 1e3 * first, "compile_s": round(compile_s, 2),
+                     "max_rel_err_vs_inductor": err})  # fmt: skip
+    return rows
+
+
 SECTIONS: list[Section] = [
     Section("exactness", exactness),
     Section("backward", backward),
+    Section("cuda_graphs", cuda_graphs),
     Section("pipeline", pipeline),
 ]
 

@@ -25,8 +25,8 @@ def test_gpu_check_small_on_cpu(tmp_path, inductor_cache, capsys):
     # regions are tested in tests/runtime/test_compiled_pipeline.py, and their CPU compiles
     # would double this test's time
     out, out_pipe = tmp_path / "gpu_check.json", tmp_path / "pipeline.json"
-    rc = gpu_check.main(["--device", "cpu", "--small", "--sections", "exactness,backward",
-                         "--out", str(out)])  # fmt: skip
+    rc = gpu_check.main(["--device", "cpu", "--small", "--out", str(out),
+                         "--sections", "exactness,backward,cuda_graphs"])  # fmt: skip
     data = json.loads(out.read_text())
     assert rc == 0, data
     rc = gpu_check.main(["--device", "cpu", "--small", "--sections", "pipeline",
@@ -40,6 +40,7 @@ def test_gpu_check_small_on_cpu(tmp_path, inductor_cache, capsys):
         (d, b) for d in ("float32", "bfloat16") for b in ("eager", "inductor")
     }
     assert all(r["passed"] for r in exact), exact
+    assert sections["cuda_graphs"] == [{"config": "cuda_graphs", "skipped": "CUDA only"}]
     configs = [r["config"] for r in sections["backward"]]
     assert "eager autograd" in configs and "tfcompile[inductor] 100% frozen" in configs
     pipe_rows = sections["pipeline"]
