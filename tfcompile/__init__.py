@@ -41,6 +41,9 @@ _LAZY = {
     "compile": "tfcompile.api",
     "Pipeline": "tfcompile.runtime.pipeline",
     "FreezeConfig": "tfcompile.freeze.config",
+    "save_checkpoint": "tfcompile.train.checkpoint",
+    "load_checkpoint": "tfcompile.train.checkpoint",
+    "latest_checkpoint": "tfcompile.train.checkpoint",
 }
 
 __all__ = [

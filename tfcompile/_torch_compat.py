@@ -36,7 +36,10 @@ _DATA_DEPENDENT_MARKERS = (
 
 
 def aot_trace(
-    fn: Callable[..., Any], args: Sequence[Any], num_params_buffers: int
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    num_params_buffers: int,
+    tag_joint: Callable[[fx.GraphModule, int], None] | None = None,
 ) -> tuple[fx.GraphModule, fx.GraphModule | None, int, Any]:
     """Trace ``fn(*args)`` with AOTAutograd into (forward, backward) fx GraphModules.
 
@@ -44,12 +47,18 @@ def aot_trace(
     captures the default partition (the path torch.compile uses; exact gradients, see
     TORCH-NOTES.md). Returns ``(fw_gm, bw_gm, num_fwd_outputs, eager_like_outputs)``; ``bw_gm`` is
     None when nothing required grad. The partition runs during the first call.
+    ``tag_joint(joint, num_fwd_outputs)`` may write recompute tags (``node.meta["recompute"]``,
+    ``CheckpointPolicy``) into the joint graph first; the default partitioner then saves only
+    the untagged forward values and the backward recomputes the tagged ones. Annotations made
+    with :func:`annotate_nodes` while tracing reach the joint graph's ``node.meta["custom"]``.
     """
     from functorch.compile import aot_function, default_partition
 
     captured: dict[str, Any] = {}
 
     def partition(joint, joint_inputs, **kwargs):
+        if tag_joint is not None:
+            tag_joint(joint, kwargs["num_fwd_outputs"])
         fw, bw = default_partition(joint, joint_inputs, **kwargs)
         captured["fw"], captured["bw"] = fw, bw
         captured["num_fwd_outputs"] = kwargs.get("num_fwd_outputs")
@@ -76,7 +85,8 @@ def aot_trace(
     fake_args = [
         mode.from_tensor(a, static_shapes=True) if isinstance(a, torch.Tensor) else a for a in args
     ]
-    out = compiled(*fake_args)
+    with preserving_node_meta():
+        out = compiled(*fake_args)
     if "fw" not in captured:
         return captured["fw_only"], None, -1, out
     return captured["fw"], captured["bw"], captured["num_fwd_outputs"], out
@@ -232,3 +242,44 @@ def inductor_compile(fn: Callable[..., Any], example_args: Sequence[Any]) -> Cal
         gm = make_fx(fn, decomposition_table=select_decomp_table())(*fake)
     with tracing(TracingContext(mode)):
         return compile_fx_inner(gm, fake)
+def active_checkpoint_region() -> int | None:
+    """An id of the ``torch.utils.checkpoint`` (non-reentrant) region the current code runs
+    in, or None. Non-reentrant checkpoint pushes saved-tensor hooks whose pack hook is a
+    closure of its private ``_checkpoint_hook``; AOTAutograd traces through the region without
+    honouring them (the joint graph saves what it would save without checkpoint), so tracing
+    reads the stack to tag the region's ops instead. The id is the pack hook's, one per call."""
+    hooks = torch._C._autograd._top_saved_tensors_default_hooks(True)
+    if not hooks:
+        return None
+    pack = hooks[0]
+    if "_checkpoint_hook" not in getattr(pack, "__qualname__", ""):
+        return None
+    return id(pack)
+
+
+def annotate_nodes(annotation: dict[str, Any]):
+    """Context: fx nodes traced inside it get ``annotation`` in ``node.meta["custom"]``
+    (``torch.fx.traceback.annotate``; needs :func:`preserving_node_meta` around the trace)."""
+    import torch.fx.traceback as fx_traceback
+
+    return fx_traceback.annotate(annotation)
+
+
+def preserving_node_meta():
+    """Context: tracing copies the current annotations into each node's meta."""
+    import torch.fx.traceback as fx_traceback
+
+    return fx_traceback.preserve_node_meta()
+
+
+def node_annotation(node: fx.Node, key: str) -> Any:
+    """The value ``annotate_nodes`` wrote under `key` for `node`, or None."""
+    custom = node.meta.get("custom")
+    return custom.get(key) if isinstance(custom, dict) else None
+
+
+def is_random_op(node: fx.Node) -> bool:
+    """Whether `node` draws random numbers (dropout's bernoulli): recomputing it would draw
+    other numbers, so checkpointing saves it instead."""
+    tags = getattr(node.target, "tags", ())
+    return torch.Tag.nondeterministic_seeded in tags

@@ -20,12 +20,15 @@ import torch
 from torch import nn
 
 from tfcompile import _torch_compat as compat
-from tfcompile import schedules
+from tfcompile import schedules, validate
 from tfcompile.compile_backend import make_backend
 from tfcompile.errors import RuntimeConfigError, TraceError
 from tfcompile.freeze.config import FreezeConfig
 from tfcompile.groups import stage_groups
+from tfcompile.precision import check_precision, wire_inputs
 from tfcompile.runtime import distributed
+from tfcompile.runtime.collectives import exit_promptly_on_uncaught_error, guarded
+from tfcompile.runtime.data_parallel import ParallelMesh, resolve_mesh
 from tfcompile.runtime.executor import interleave
 from tfcompile.runtime.pipeline import DEFAULT_TIMER_WINDOW, Pipeline
 from tfcompile.runtime.transport import DistTransport, FailureSignal, LocalTransport, TensorSpec
@@ -74,6 +77,10 @@ def compile(  # noqa: A001 - the public name the design asks for
     timeout: float = DEFAULT_TIMEOUT_S,
     recv_lookahead: int | None = None,
     backend="eager",
+    activation_checkpointing: str = "none",
+    mixed_precision: str | None = None,
+    dp: int | None = None,
+    mesh=None,
 ) -> Pipeline:
     """Compile `model` into a pipeline for this process's rank.
 
@@ -88,7 +95,20 @@ def compile(  # noqa: A001 - the public name the design asks for
     `backend` runs each stage's graphs: ``"eager"``, ``"inductor"`` (every graph compiled by
     inductor on first use; see ``tfcompile.compile_backend``) or an ``InductorBackend``
     (``cuda_graphs=True``); ``pipe.stage_programs[s].compile_seconds`` is the time spent.
+    `activation_checkpointing` ("none", "full", "selective") chooses which forward values each
+    stage saves for its backward (see ``tfcompile/passes/checkpointing.py``).
+    ``mixed_precision="bf16"``: float32 parameters and .grad, bfloat16 autocast traced into
+    each stage, activations and gradients sent between stages in bfloat16, a float32 loss
+    (see ``tfcompile/precision.py``).
+
+    Data parallelism (under torchrun): ``dp=N`` runs N replicas of the pipeline on
+    world = N x pp processes (a ``DeviceMesh`` with dims ("dp", "pp") is built with
+    ``init_device_mesh``), or pass that ``mesh`` yourself. Each replica's ``step`` takes its own
+    share of the global batch (``pipe.dp_rank`` of ``pipe.dp_size``); gradients are averaged
+    over dp after the step, groups frozen in every microbatch skip the reduction
+    (`tfcompile.runtime.data_parallel`).
     """
+    precision = check_precision(mixed_precision)
     if example_inputs is None or loss_fn is None or example_target is None:
         raise RuntimeConfigError(
             "compile needs example_inputs, loss_fn and example_target (one microbatch's)"
@@ -96,9 +116,18 @@ def compile(  # noqa: A001 - the public name the design asks for
     example_inputs = (
         tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
     )
-    proc = _init_process(
-        schedule=schedule, stages=stages, ranks=ranks, device=device, timeout=timeout
+    validate.check_compile_args(
+        model=model,
+        example_inputs=example_inputs,
+        example_target=example_target,
+        freeze=freeze,
+        timeout=timeout,
+        recv_lookahead=recv_lookahead,
     )
+    proc = _init_process(
+        schedule=schedule, stages=stages, ranks=ranks, device=device, timeout=timeout,
+        dp=dp, mesh=mesh,
+    )  # fmt: skip
     try:
         make_backend(backend, device=proc.device)  # refuse a bad backend before tracing
         sched = schedules.resolve(
@@ -108,6 +137,8 @@ def compile(  # noqa: A001 - the public name the design asks for
         with _state_kept(model, loss_fn):
             specs = split_model(model, sched.num_stages, example_inputs, split_points)
             stage_inputs = stage_example_inputs(specs, example_inputs)
+            # what each stage receives over the wire (bfloat16 activations under "bf16")
+            wire = [stage_inputs[0], *(wire_inputs(v, precision) for v in stage_inputs[1:])]
             _check_split(specs, stage_inputs, sched)
             local = (
                 sched.stages_of(proc.rank) if proc.distributed else list(range(sched.num_stages))
@@ -116,13 +147,20 @@ def compile(  # noqa: A001 - the public name the design asks for
             programs, loss_dtype = _trace_local_stages(
                 model, specs, stage_inputs, local,
                 loss_fn=loss_fn, example_target=example_target, groups=groups,
-                device=proc.device, forward_only=forward_only, backend=backend,
+                device=proc.device, forward_only=forward_only,
+                activation_checkpointing=activation_checkpointing, mixed_precision=precision,
+                backend=backend,
             )  # fmt: skip
+        tied: list = []
         if proc.distributed:
-            _check_same_config(model, sched, specs, example_inputs, example_target, proc)
-        transport, order = _make_transport(sched, stage_inputs, proc, timeout=timeout)
-        if proc.failure is not None:
-            proc.failure.start_watchdog(proc.rank)
+            with guarded(proc.failure, proc.rank, "compile()'s config check (all_gather)"):
+                _check_same_config(model, sched, specs, example_inputs, example_target, proc)
+            with guarded(proc.failure, proc.rank, "compile()'s process groups (new_group)"):
+                tied = distributed.tied_weight_groups(
+                    specs, sched.stage_to_rank,
+                    replicas=proc.parallel.replicas if proc.parallel is not None else None,
+                )  # fmt: skip
+        transport, order = _make_transport(sched, wire, proc, timeout=timeout)
         return Pipeline(
             model=model,
             schedule=sched,
@@ -132,21 +170,18 @@ def compile(  # noqa: A001 - the public name the design asks for
             device=proc.device,
             transport=transport,
             order=order,
-            grad_specs={s: _float_specs(stage_inputs[s], proc.device) for s in range(len(specs))},
+            grad_specs={s: _float_specs(wire[s], proc.device) for s in range(len(specs))},
             loss_dtype=loss_dtype,
             distributed=proc.distributed,
             lookahead=(recv_lookahead if recv_lookahead is not None else 2 * sched.num_stages + 2),
             timer_window=_timer_window(freeze),
             failure=proc.failure,
-            tied_groups=(
-                distributed.tied_weight_groups(specs, sched.stage_to_rank)
-                if proc.distributed
-                else ()
-            ),
+            tied_groups=tied,
             freezer_factory=_freezer_factory(freeze),
             forward_only_stages=forward_only,
             loss_fn=loss_fn,
-            eval_tracer=_eval_tracer(specs, stage_inputs, proc.device),
+            eval_tracer=_eval_tracer(specs, wire, proc.device, precision),
+            parallel=proc.parallel,
         )
     except BaseException as exc:
         if proc.failure is not None:
@@ -187,21 +222,41 @@ class _Process:
     device: torch.device
     distributed: bool
     failure: FailureSignal | None
+    parallel: ParallelMesh | None = None  # the (dp, pp) mesh under data parallelism
 
 
 def _init_process(
-    *, schedule, stages: int | None, ranks: int | None, device, timeout: float
-) -> _Process:
+    *, schedule, stages: int | None, ranks: int | None, device, timeout: float,
+    dp: int | None = None, mesh=None,
+) -> _Process:  # fmt: skip
     """Join torchrun's process group (WORLD_SIZE > 1), or settle a single-process run's rank
-    count: the given `ranks`, else the schedule's own (`schedules.default_ranks`)."""
+    count: the given `ranks`, else the schedule's own (`schedules.default_ranks`). With `dp`
+    or `mesh`, this process is one pipeline rank of one of dp replicas."""
     if distributed.wants_distributed():
         ctx = distributed.init(timeout, device)
+        parallel = resolve_mesh(dp, mesh, ctx.world_size, ctx.rank, ctx.device)
+        failure = distributed.failure_signal(f"tfcompile/{next(_pipeline_ids)}", timeout)
+        failure.start_watchdog(ctx.rank)  # from here on, a blocked rank learns of failures
+        exit_promptly_on_uncaught_error()
+        if parallel is not None:
+            if ranks is not None and ranks != parallel.pp_size:
+                raise RuntimeConfigError(
+                    f"ranks={ranks} but {ctx.world_size} processes with dp={parallel.dp_size} "
+                    f"give {parallel.pp_size} pipeline ranks"
+                )
+            return _Process(
+                parallel.pp_rank, parallel.pp_size, ctx.device, True, failure, parallel
+            )
         if ranks is not None and ranks != ctx.world_size:
             raise RuntimeConfigError(
                 f"ranks={ranks} but torchrun started {ctx.world_size} processes"
             )
-        failure = distributed.failure_signal(f"tfcompile/{next(_pipeline_ids)}", timeout)
         return _Process(ctx.rank, ctx.world_size, ctx.device, True, failure)
+    if (dp or 1) > 1 or mesh is not None:
+        raise RuntimeConfigError(
+            f"dp={dp} needs one process per (dp, pp) rank: start the script with `torchrun "
+            "--nproc-per-node <dp x pp> ...`"
+        )
     if ranks is None:
         ranks = schedules.default_ranks(schedule, stages=stages)
     return _Process(0, ranks, torch.device(device or "cpu"), False, None)
@@ -247,6 +302,8 @@ def _trace_local_stages(
     device: torch.device,
     forward_only: frozenset[int] = frozenset(),
     backend="eager",
+    activation_checkpointing: str = "none",
+    mixed_precision: str = "fp32",
 ) -> tuple[dict, torch.dtype]:
     """Trace this process's stages (moved to `device`) into StagePrograms; the last stage
     includes the loss. A stage's inputs get gradients when an earlier stage trains (the stage
@@ -266,6 +323,8 @@ def _trace_local_stages(
         spec.module.to(device)
         _plain_tensors_to(spec.module, device)
         inputs = tuple(t.detach().to(device) for t in stage_inputs[s])
+        if s > 0:
+            inputs = wire_inputs(inputs, mixed_precision)
         if s > 0 and s - 1 not in forward_only:  # masks and ids travel without gradients
             inputs = tuple(t.requires_grad_(_gets_grad(t)) for t in inputs)
         last = s == last_stage
@@ -277,6 +336,8 @@ def _trace_local_stages(
                 example_target=_to(example_target, device) if last else None,
                 groups=stage_groups(groups, spec, model_names),
                 backend=make_backend(backend, device=device, stage=f"stage {s}"),
+                activation_checkpointing=activation_checkpointing,
+                mixed_precision=mixed_precision,
             )
         except TraceError as e:  # say which of the model's blocks the stage holds
             raise TraceError(f"stage {s} (blocks {', '.join(spec.block_names)}): {e}") from e
@@ -284,6 +345,8 @@ def _trace_local_stages(
             with torch.no_grad():
                 out = spec.module(*stage_inputs[s])
                 loss_dtype = loss_fn(out, example_target).dtype
+                if mixed_precision != "fp32":
+                    loss_dtype = torch.float32  # the traced loss is cast to float32
     return programs, loss_dtype
 
 
@@ -303,7 +366,10 @@ def _forward_only_stages(specs: Sequence[StageSpec], loss_fn: Callable) -> froze
 
 
 def _eval_tracer(
-    specs: Sequence[StageSpec], stage_inputs: Sequence[tuple], device: torch.device
+    specs: Sequence[StageSpec],
+    stage_inputs: Sequence[tuple],
+    device: torch.device,
+    mixed_precision: str = "fp32",
 ) -> Callable[[int], object]:
     """Traces stage `s` into a forward-only program in the current context (module modes,
     autocast), for Pipeline.evaluate; the last stage without its loss (evaluate applies
@@ -314,7 +380,9 @@ def _eval_tracer(
         from tfcompile.trace import trace_stage
 
         inputs = tuple(t.detach().to(device) for t in stage_inputs[s])
-        traced = trace_stage(specs[s].module, inputs, forward_only=True).traced
+        traced = trace_stage(
+            specs[s].module, inputs, forward_only=True, mixed_precision=mixed_precision
+        ).traced
         return StageProgram(traced, update_buffers=False)
 
     return trace
@@ -357,8 +425,10 @@ def _check_same_config(
         ),
         "split": [spec.block_names for spec in specs],
         "torch": torch.__version__,
+        "dp": proc.parallel.dp_size if proc.parallel is not None else 1,
     }
-    distributed.check_same_config(summary, proc.rank, proc.ranks)
+    world = proc.parallel.dp_size * proc.ranks if proc.parallel is not None else proc.ranks
+    distributed.check_same_config(summary, proc.rank, world)
 
 
 def _make_transport(
@@ -375,9 +445,11 @@ def _make_transport(
     n = len(stage_inputs)
     act_specs = {("act", s): _specs(stage_inputs[s + 1], proc.device) for s in range(n - 1)}
     grad_specs = {("grad", s): _float_specs(stage_inputs[s], proc.device) for s in range(1, n)}
+    # under dp, pipeline rank r of this replica is global rank pp_ranks[r]
+    to_global = proc.parallel.pp_ranks if proc.parallel is not None else range(proc.ranks)
     transport = DistTransport(
-        proc.rank,
-        sched.stage_to_rank,
+        to_global[proc.rank],
+        [to_global[r] for r in sched.stage_to_rank],
         {**act_specs, **grad_specs},
         proc.device,
         proc.failure,

@@ -68,11 +68,26 @@ def _load_schedule(args: argparse.Namespace):
     )
 
 
+def _check_out_dir(out: str) -> None:
+    """``--out`` must be a folder that exists or can be created, and be writable."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise TFCompileError(f"--out {out!r} exists and is not a folder: name a folder")
+    parent = out
+    while not os.path.exists(parent):  # the nearest existing ancestor is created from
+        parent = os.path.dirname(os.path.abspath(parent))
+    if not os.path.isdir(parent):
+        raise TFCompileError(f"--out {out!r}: {parent!r} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TFCompileError(f"--out {out!r}: {parent!r} is not writable")
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     from tfcompile.planner import plan_freeze
     from tfcompile.schedules.profile import CostProfile
     from tfcompile.schedules.simulate import simulate
 
+    if args.out is not None:
+        _check_out_dir(args.out)  # before solving: a bad --out fails at once, not after it
     sched = _load_schedule(args)
     costs = CostProfile.load(args.costs) if args.costs else CostProfile.uniform(sched.num_stages)
     plan = plan_freeze(sched, costs, max_freeze_ratio=args.max_freeze, budget=args.budget)

@@ -26,6 +26,7 @@ from torch import nn
 from tfcompile import _torch_compat as compat
 from tfcompile.errors import GroupError, RuntimeConfigError, TraceError
 from tfcompile.lifting import LOSS_PREFIX
+from tfcompile.passes.checkpointing import saved_bytes
 from tfcompile.passes.split_weight_grad import INPUT, Region, SplitBackward
 from tfcompile.tensor_spec import TensorSpec
 
@@ -87,6 +88,9 @@ class TracedStage:
     # (None: an evaluation program, for which it does not matter) and its dtype
     param_requires_grad: tuple[bool, ...] | None = None
     param_dtypes: tuple[torch.dtype, ...] = ()
+    # which forward values the backward recomputes ("none", "full", "selective"; see
+    # passes/checkpointing.py)
+    activation_checkpointing: str = "none"
 
 
 class Backend(Protocol):
@@ -321,6 +325,17 @@ class StageProgram:
     def pending(self) -> list[int]:
         return sorted(self._state)
 
+    def activation_bytes(self) -> int:
+        """Bytes kept for pending backwards right now (saved activations after a forward, the
+        stash after backward_input), each storage once; parameters, buffers and their views
+        (a saved transposed weight) are not counted."""
+        t = self.traced
+        own = {_storage(v) for v in (*t.params.values(), *t.buffers.values())}
+        kept = (v for st in self._state.values() for v in st.env.values())
+        return saved_bytes(
+            v for v in kept if isinstance(v, torch.Tensor) and _storage(v) not in own
+        )
+
     def check_context(self) -> None:
         """Refuse to run in a context other than the traced one (kind 3): every submodule's
         ``training`` flag and the ambient autocast state must be as at trace time."""
@@ -450,9 +465,16 @@ class StageProgram:
             g = flat[i]
             if g is None:
                 g = spec.empty().zero_()
-            elif tuple(g.shape) != spec.shape:
+            elif not isinstance(g, torch.Tensor):
                 raise TraceError(
-                    f"grad_output {i} has shape {tuple(g.shape)}, expected {spec.shape}"
+                    f"grad_output {i} is {type(g).__name__}, expected a tensor of shape "
+                    f"{spec.shape} and dtype {spec.dtype} (or None)"
+                )
+            elif tuple(g.shape) != spec.shape or g.dtype != spec.dtype:
+                raise TraceError(
+                    f"grad_output {i} has shape {tuple(g.shape)} and dtype {g.dtype}, expected "
+                    f"{spec.shape} {spec.dtype} (the traced output's): the backward graph "
+                    "was traced for that gradient"
                 )
             elif not spec.strides_match(g):
                 # the backward graph was traced for tangents strided like the output (e.g.

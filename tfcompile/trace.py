@@ -41,9 +41,11 @@ from tfcompile.lifting import (
     check_plain_tensor_attributes,
     lift_loss_fn,
 )
+from tfcompile.passes import checkpointing
 from tfcompile.passes.flops import graph_flops
 from tfcompile.passes.roles import OUTPUT_GROUPS, OUTPUT_ROLES, ROLE, output_node
 from tfcompile.passes.split_weight_grad import INPUT, split_weight_grad
+from tfcompile.precision import check_precision, eager_probe, mixed_stage_fn
 from tfcompile.program import Backend, StageProgram, TracedStage, autocast_state, training_flags
 from tfcompile.split import as_stage_blocks
 from tfcompile.tensor_spec import TensorSpec
@@ -62,6 +64,8 @@ def trace_stage(
     input_requires_grad: Sequence[bool] | None = None,
     forward_only: bool = False,
     backend: str | Backend = "eager",
+    activation_checkpointing: str = "none",
+    mixed_precision: str | None = None,
 ) -> StageProgram:
     """Trace `module` (one pipeline stage) into a :class:`StageProgram`.
 
@@ -85,12 +89,21 @@ def trace_stage(
     forward-only program: no groups, ``backward_input`` returns None per input and
     ``backward_weight`` does nothing.
 
+    ``activation_checkpointing`` (``"none"``, ``"full"``, ``"selective"``; see
+    ``passes/checkpointing.py``) chooses which forward values are saved for the backward;
+    ``backward_input`` recomputes the others. ``torch.utils.checkpoint`` regions inside the
+    module are recomputed under every policy. ``mixed_precision="bf16"`` traces the stage under
+    bfloat16 autocast with float32 parameters and bfloat16 activations at the stage boundary
+    (see ``tfcompile/precision.py``).
+
     ``backend`` runs the graphs: ``"eager"`` (op by op), ``"inductor"`` (each graph compiled
     by inductor on first use; see ``tfcompile.compile_backend``), or a Backend instance
     (``InductorBackend(cuda_graphs=True)``). Unknown names raise RuntimeConfigError.
     """
     from tfcompile.compile_backend import make_backend
 
+    precision = check_precision(mixed_precision)
+    ac_policy = checkpointing.check_policy(activation_checkpointing)
     call = as_stage_blocks(module)  # same children and parameter names as `module`
     inputs = _check_example(call, example_inputs, loss_fn, example_target)
     t_leaves, t_spec = _target_leaves(example_target) if loss_fn is not None else ([], None)
@@ -102,8 +115,9 @@ def trace_stage(
     device = getattr(first, "device", None)
     runner = make_backend(backend, device=device, stage=type(module).__name__)
     is_loss = loss_fn is not None
-    with _rng_kept(), _module_state_kept(module):
-        eager_out, probed, boundary = _mutated_buffers(call, params, buffers, inputs)
+    probe_inputs, probe_ctx = eager_probe(precision, inputs)
+    with _rng_kept(), _module_state_kept(module), probe_ctx:
+        eager_out, probed, boundary = _mutated_buffers(call, params, buffers, probe_inputs)
     loss_names = lift_loss_fn(loss_fn, params, buffers, group_map)
     param_names, buffer_names = tuple(params), tuple(buffers)
     needs_grad = _input_grad_flags(inputs, input_requires_grad)
@@ -114,6 +128,7 @@ def trace_stage(
         call, param_names, buffer_names, len(inputs), loss_fn, t_spec,
         loss_names=loss_names, boundary=boundary,
     )  # fmt: skip
+    fn = mixed_stage_fn(fn, len(params) + len(buffers), len(inputs), is_loss, precision)
     args = [
         *(
             params[n].detach().requires_grad_(params[n].requires_grad and not forward_only)
@@ -124,8 +139,11 @@ def trace_stage(
     ]
     if is_loss:
         args.extend(t.detach() for t in t_leaves)
-    with _rng_kept(), _module_state_kept(module, loss_fn):
-        fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(module, fn, args, len(params) + len(buffers))
+    with _rng_kept(), _module_state_kept(module, loss_fn), checkpointing.annotating(call):
+        fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(
+            module, fn, args, len(params) + len(buffers),
+            tag_joint=lambda joint, _n: checkpointing.tag_recompute(joint, ac_policy),
+        )  # fmt: skip
     check_graph_constants(fw_gm, bw_gm, module, loss_fn)
     # the parameters the graphs were made for: which train (None for an evaluation program,
     # where that does not matter) and their dtypes; the program refuses to run after either
@@ -189,6 +207,7 @@ def trace_stage(
         autocast_state=autocast_state(),
         target_spec=t_spec,
         target_specs=tuple(TensorSpec.of(t) for t in t_leaves),
+        activation_checkpointing=ac_policy,
         **fixed,
     )
     return StageProgram(traced, backend=runner)
@@ -454,6 +473,12 @@ def _stage_fn(
                 f"loss_fn must return a scalar tensor, it returned {shape}: reduce it "
                 "(e.g. .mean() or reduction='mean')"
             )
+        if not loss.dtype.is_floating_point:
+            raise _LossShapeError(
+                f"loss_fn must return a floating-point scalar, it returned {loss.dtype}: an "
+                "integer-valued loss has no gradient (compute it in floating point, e.g. "
+                "without .long()/.round() or with .float() on its inputs)"
+            )
         return loss
 
     return stage_fn
@@ -496,12 +521,19 @@ def _rng_kept():
 
 
 def _aot_graphs(
-    module: nn.Module, fn: Callable[..., Any], args: list, num_params_buffers: int
+    module: nn.Module,
+    fn: Callable[..., Any],
+    args: list,
+    num_params_buffers: int,
+    tag_joint: Callable[[fx.GraphModule, int], Any] | None = None,
 ) -> tuple[fx.GraphModule, fx.GraphModule | None, int]:
     """Forward and backward GraphModules of `fn` (backward None when nothing needs a gradient),
-    with AOTAutograd's errors turned into ones that say what to change in the user's module."""
+    with AOTAutograd's errors turned into ones that say what to change in the user's module.
+    `tag_joint` writes recompute tags into the joint graph before the partition."""
     try:
-        fw_gm, bw_gm, num_fwd_outputs, _ = compat.aot_trace(fn, args, num_params_buffers)
+        fw_gm, bw_gm, num_fwd_outputs, _ = compat.aot_trace(
+            fn, args, num_params_buffers, tag_joint=tag_joint
+        )
     except _LossShapeError as e:
         raise TraceError(str(e)) from None
     except Exception as e:  # noqa: BLE001

@@ -51,6 +51,12 @@ def test_all_schedules_match_eager_training(tmp_path, nproc, extra):
             assert v["params"] > 0, (rank, schedule)
             assert v["param_rel_err"] <= 1e-5, (rank, schedule, v)
             assert v["loss_rel_err"] <= 1e-5, (rank, schedule, v)
+            # issue 15: receive buffers per boundary are the schedule's bound, not one per
+            # microbatch (GPipe's last stage receives every activation before any backward)
+            assert v["recv_buffers"] == v["recv_bound"], (rank, schedule, v)
+            stats = v["memory_stats"]
+            assert stats["activation_bytes"] == 0 and stats["peak_bytes"] > 0, stats
+            assert stats["recv_buffer_bytes"] > 0, stats
     # the loss is reported on the rank holding the last stage only
     for schedule in SCHEDULES:
         reported = [r for r, v in enumerate(per_rank) if v[schedule]["losses"][0][0] is not None]

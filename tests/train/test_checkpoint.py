@@ -12,7 +12,7 @@ import tfcompile
 from tfcompile import FreezeConfig, FreezeConfigError
 from tfcompile.errors import RuntimeConfigError
 from tfcompile.models.llama import Llama, LlamaConfig
-from tfcompile.train.checkpoint import checkpoint_file, load_checkpoint, save_checkpoint
+from tfcompile.train.checkpoint import MANIFEST, load_checkpoint, save_checkpoint
 
 MICROBATCHES = 4
 STEPS = 12
@@ -82,7 +82,7 @@ def test_resume_equals_uninterrupted(tmp_path, policy, save_at):
     log = run(pipe, opt, gen, save_at, [])
     if policy.startswith("timely"):
         assert pipe.freezer.plan is not None, "the test must save after planning"
-    save_checkpoint(tmp_path / "ckpt-{rank}.pt", pipe, opt, extra={"data": gen, "note": "x"})
+    save_checkpoint(tmp_path / "ckpt", pipe, opt, extra={"data": gen, "note": "x"})
     full = run(pipe, opt, gen, STEPS, list(log))
     expected = params_of(pipe)
     plan = pipe.freezer.plan
@@ -90,7 +90,7 @@ def test_resume_equals_uninterrupted(tmp_path, policy, save_at):
     pipe2, opt2 = build(policy)
     gen2 = torch.Generator().manual_seed(999)  # overwritten by the checkpoint
     torch.manual_seed(12345)
-    extra = load_checkpoint(tmp_path / "ckpt-{rank}.pt", pipe2, opt2, extra={"data": gen2})
+    extra = load_checkpoint(tmp_path / "ckpt", pipe2, opt2, extra={"data": gen2})
     assert extra["note"] == "x"
     assert pipe2.step_index == save_at
     resumed = run(pipe2, opt2, gen2, STEPS, list(log))
@@ -113,7 +113,7 @@ def test_resume_before_planning_without_freezing(tmp_path):
     gen = torch.Generator().manual_seed(1)
     log = run(pipe, opt, gen, 3, [])
     save_checkpoint(tmp_path, pipe, opt, extra={"data": gen})
-    assert (tmp_path / "rank0.pt").exists() and checkpoint_file(tmp_path, 0).exists()
+    assert (tmp_path / MANIFEST).exists() and not list(tmp_path.parent.glob("*.tmp"))
     full = run(pipe, opt, gen, 6, list(log))
     pipe2, opt2 = build("none")
     gen2 = torch.Generator()
@@ -158,3 +158,76 @@ def test_example_resume_reproduces_the_run(tmp_path):
     assert resumed["val_loss"] == full["val_loss"]
     assert resumed["ratios_per_step"] == full["ratios_per_step"][9:]
     assert resumed["plan"] == full["plan"]  # restored, not re-measured
+
+
+def test_checkpoints_are_atomic_and_integrity_checked(tmp_path, monkeypatch):
+    """{step} paths, latest complete checkpoint, incomplete/corrupted/truncated refusals
+    naming the directory or file, and a failed save that leaves no temp directory."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+
+    from tfcompile.train.checkpoint import latest_checkpoint
+
+    pipe, opt = build("none")
+    gen = torch.Generator().manual_seed(1)
+    run(pipe, opt, gen, 2, [])
+    pattern = str(tmp_path / "step{step}")
+    first = tfcompile.save_checkpoint(pattern, pipe, opt)
+    assert first.name == "step2" and latest_checkpoint(pattern) == first
+    run(pipe, opt, gen, 3, [])
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dcp, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        tfcompile.save_checkpoint(pattern, pipe, opt)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step2"]  # no step3, no .tmp
+    # a save killed before its commit: a directory without a manifest is never the latest
+    shutil.copytree(first, tmp_path / "step3")
+    (tmp_path / "step3" / MANIFEST).unlink()
+    assert latest_checkpoint(pattern) == first
+    pipe2, opt2 = build("none")
+    tfcompile.load_checkpoint(pattern, pipe2, opt2)
+    assert pipe2.step_index == 2
+    with pytest.raises(RuntimeConfigError, match="step3 is an incomplete checkpoint"):
+        tfcompile.load_checkpoint(tmp_path / "step3", pipe2, opt2)
+    data = next(first.glob("*.distcp"))
+    blob = data.read_bytes()
+    data.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))
+    with pytest.raises(RuntimeConfigError, match=f"{data.name} is corrupted"):
+        tfcompile.load_checkpoint(first, pipe2, opt2)
+    data.write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(RuntimeConfigError, match=f"{data.name} is truncated"):
+        tfcompile.load_checkpoint(first, pipe2, opt2)
+
+
+def test_run_config_changes_replan_or_refuse(tmp_path):
+    """The documented rule: a different cap re-plans (the freezer starts over at the resume
+    step), different phase lengths are refused."""
+    pipe, opt = build("timely")
+    gen = torch.Generator().manual_seed(1)
+    run(pipe, opt, gen, 7, [])
+    assert pipe.freezer.plan is not None
+    tfcompile.save_checkpoint(tmp_path, pipe, opt)
+    other, other_opt = build("timely", ramp_steps=3)
+    with pytest.raises(FreezeConfigError, match="ramp_steps"):
+        tfcompile.load_checkpoint(tmp_path, other, other_opt)
+    capped, capped_opt = build("timely", max_freeze_ratio=0.5, total_steps=STEPS + 7)
+    tfcompile.load_checkpoint(tmp_path, capped, capped_opt)
+    assert capped.step_index == 7 and capped.freezer.plan is None
+    log = run(capped, capped_opt, gen, 7 + 7, [])  # warm-up, monitor, plan again
+    assert capped.freezer.plan is not None and log[-1][3] == "ramp"
+    # the restarted freezer is saved and resumed with its shifted phases
+    tfcompile.save_checkpoint(tmp_path / "again", capped, capped_opt)
+    again, again_opt = build("timely", max_freeze_ratio=0.5, total_steps=STEPS + 7)
+    gen2 = torch.Generator()
+    gen2.set_state(gen.get_state())
+    tfcompile.load_checkpoint(tmp_path / "again", again, again_opt)
+    assert again.freeze_restart_step == 7 and again.freezer.plan is not None
+    rng = torch.get_rng_state()
+    expected = run(capped, capped_opt, gen, 16, [])
+    torch.set_rng_state(rng)
+    assert run(again, again_opt, gen2, 16, []) == expected

@@ -30,6 +30,7 @@ resumed run reproduces an uninterrupted one (:meth:`Freezer.state_dict`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -42,6 +43,7 @@ from tfcompile.freeze.config import FreezeConfig
 from tfcompile.freeze.layout import FreezeLayout
 from tfcompile.freeze.phases import (
     BASELINE,
+    MONITOR_WMAX,
     MONITOR_WMIN,
     RAMP,
     STEADY,
@@ -114,6 +116,14 @@ class _Counters:
     warned: set[str] = field(default_factory=set)
 
 
+class WindowTimer(Protocol):
+    """What the controller needs of the runtime's timer (`tfcompile.runtime.timers.ActionTimer`)
+    to carry a measurement window across a checkpoint."""
+
+    def export(self, steps: int) -> dict[str, Any]: ...
+    def restore(self, data: dict[str, Any]) -> None: ...
+
+
 class Freezer:
     """Decides, before each step, which parameter groups each local action freezes.
 
@@ -122,7 +132,9 @@ class Freezer:
     gradient semantics and the metric baselines), ``gather`` the collective that merges the
     baselines' per-rank metrics (None: each rank decides over its own stages, with a
     warning), ``planner`` the planner (default: a `FreezePlanner` of the layout's schedule,
-    built on first use and kept for every re-plan).
+    built on first use and kept for every re-plan), ``timer`` the runtime's timer whose last
+    ``monitor_steps`` steps of samples a checkpoint carries (:meth:`state_dict`), so that a
+    run resumed inside a measurement window measures what the uninterrupted run measured.
     """
 
     def __init__(
@@ -133,6 +145,7 @@ class Freezer:
         parameters: Mapping[str, torch.nn.Parameter] | None = None,
         gather: Gather | None = None,
         planner: Planner | None = None,
+        timer: WindowTimer | None = None,
     ) -> None:
         if not isinstance(config, FreezeConfig):
             raise FreezeConfigError(
@@ -154,6 +167,7 @@ class Freezer:
         self._params = dict(parameters or {})
         self._gather = gather
         self._planner = planner
+        self._timer = timer
         self._phases = Phases.of(config)
         policy = config.policy
         self._apf = (
@@ -179,7 +193,17 @@ class Freezer:
         self._reference_makespan: float | None = None
         self.replans = 0
         self._frozen: Frozen = {}
+        self._decided_step = -1  # the step whose decision _frozen holds
+        self._skipped_profiles = 0
         self._counters = _Counters()
+        if config.uses_plan and config.total_steps is None:
+            log.warning(
+                "freeze: FreezeConfig.total_steps is not given, so nothing checks that the "
+                "run is long enough: the plan is made at step %d and steady freezing starts "
+                "at step %d; a shorter run never freezes (pass total_steps)",
+                self._phases.ramp_start,
+                self._phases.steady_start,
+            )
 
     @classmethod
     def for_pipeline(
@@ -192,6 +216,7 @@ class Freezer:
             parameters=dict(pipe.named_parameters()),
             gather=pipe.all_gather_object,
             planner=planner,
+            timer=pipe.timer,
         )
 
     # ----------------------------------------------------------------- public state
@@ -258,6 +283,18 @@ class Freezer:
         """Loss reported to the last :meth:`after_step` (None off the loss rank)."""
         return self._counters.loss
 
+    @property
+    def skipped_measurements(self) -> dict[str, int]:
+        """Measurements no decision was made on because they were not finite, per source:
+        ``apf`` (checks of non-finite parameters), ``autofreeze`` (steps or intervals with a
+        non-finite gradient norm), ``profile`` (measured profiles with a non-finite or no
+        time; re-measured at the next step). Each skip is also logged as a warning."""
+        return {
+            "apf": self._apf.skipped_nonfinite if self._apf is not None else 0,
+            "autofreeze": self._autofreeze.skipped_nonfinite if self._autofreeze else 0,
+            "profile": self._skipped_profiles,
+        }
+
     def lr_factor(self, stage: int, group: str, step: int | None = None) -> float:
         """FreezeOut's learning-rate multiplier for a group (1.0 under other policies)."""
         if self.config.policy != "freezeout":
@@ -293,8 +330,11 @@ class Freezer:
         """Advance phases and policy state to ``step``; return the frozen groups.
 
         ``profile`` answers :meth:`measurement_due` for this step (it must be given when one
-        is due; it is ignored otherwise).
+        is due; it is ignored otherwise). Called again for the step it last decided (the step
+        raised and is being retried), it returns that decision without advancing anything.
         """
+        if step == self._decided_step:
+            return dict(self._frozen)
         self._step = step
         if self.config.uses_plan:
             self._advance_planned(step, profile)
@@ -304,6 +344,7 @@ class Freezer:
             log.info("freeze: step %d: phase %s -> %s", step, self._phase or "start", phase)
             self._phase = phase
         self._frozen = self._decide(step)
+        self._decided_step = step
         return dict(self._frozen)
 
     def grad_scales(self, frozen: Mapping[ActionKey, frozenset[str]]) -> dict[GroupKey, float]:
@@ -355,6 +396,15 @@ class Freezer:
                 f"freeze: step {step} needs a measured profile {due} (see "
                 "Freezer.measurement_due); pass it to before_step"
             )
+        if not _usable(profile):  # the same on every rank: the profile is gathered
+            self._skipped_profiles += 1
+            log.warning(
+                "freeze: step %d: measured profile %s has a non-finite time or none at all "
+                "(an empty window); skipped, re-measured at the next step",
+                step,
+                profile.to_dict(),
+            )
+            return
         if self.profiles["wmax"] is None:
             self.profiles["wmax"] = profile
         elif self.profiles["wmin"] is None:
@@ -596,6 +646,14 @@ class Freezer:
             "apf": None if self._apf is None else self._apf.state_dict(),
             "autofreeze": None if self._autofreeze is None else self._autofreeze.state_dict(),
             "rng": {"kind": "seeded-per-decision", "seed": self.config.seed},
+            "skipped_profiles": self._skipped_profiles,
+            # the samples a measurement after the resume point reads (w_max, w_min and the
+            # re-plan windows are at most monitor_steps long)
+            "timer_window": (
+                self._timer.export(self.config.monitor_steps)
+                if self._timer is not None and self.config.uses_plan
+                else None
+            ),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -613,7 +671,9 @@ class Freezer:
                     "same freezing config"
                 )
         self._step = int(state["step"])
+        self._decided_step = self._step
         self._phase = state["phase"]
+        self._skipped_profiles = int(state.get("skipped_profiles", 0))
         self.profiles = {
             k: None if v is None else CostProfile.from_dict(v) for k, v in state["profiles"].items()
         }
@@ -637,6 +697,33 @@ class Freezer:
             self._apf.load_state_dict(state["apf"])
         if self._autofreeze is not None and state["autofreeze"] is not None:
             self._autofreeze.load_state_dict(state["autofreeze"])
+        self._restore_window(state.get("timer_window"))
+
+    def _restore_window(self, samples: dict[str, Any] | None) -> None:
+        """Put the saved samples back into the runtime's timer; without them (a checkpoint
+        of an older version), say that a window spanning the resume point is re-measured."""
+        if not self.config.uses_plan or self._timer is None:
+            return
+        if samples is not None:
+            self._timer.restore(samples)
+            return
+        nxt = self._step + 1
+        if self.measurement_due(nxt) is not None or self._phases.at(nxt) in (
+            MONITOR_WMAX,
+            MONITOR_WMIN,
+        ):
+            log.warning(
+                "freeze: the checkpoint carries no timing samples; the measurement window "
+                "open at step %d is measured from the resumed steps only",
+                nxt,
+            )
+
+
+def _usable(profile: CostProfile) -> bool:
+    """A measured profile the controller may decide on: finite, and not all zero."""
+    times = [v for row in profile.to_dict()["stages"] for v in row.values()]
+    times.append(profile.comm)
+    return all(math.isfinite(float(t)) for t in times) and any(float(t) > 0 for t in times)
 
 
 def _percent(after: float, before: float) -> float:

@@ -257,19 +257,20 @@ def _plan(
             unit=problem.unit,
         )  # fmt: skip
     t_lb = problem.all_frozen
+    unit = problem.normalised()  # the solvers see times in units of the longest action
     fallback = None
     if method == "auto":
         large = len(problem.fz_nodes) >= AUTO_DECOMPOSE_MIN
         method = "decomposition" if large and not row_generation and netflow.available() else "lp"
         if method == "decomposition":
             try:
-                return _finished_plan(problem, decompose.solve(problem), t0, t_lb)
+                return _finished_plan(problem, decompose.solve(unit), t0, t_lb)
             except PlanError as exc:  # never expected; the LP is the safety net
                 fallback = f"decomposition failed ({exc}); solved as one LP"
                 method = "lp"
     if method == "decomposition":
-        return _finished_plan(problem, decompose.solve(problem), t0, t_lb)
-    solution = lp.solve(problem, prune=prune, row_generation=row_generation, warm=warm)
+        return _finished_plan(problem, decompose.solve(unit), t0, t_lb)
+    solution = lp.solve(unit, prune=prune, row_generation=row_generation, warm=warm)
     if fallback:
         solution.stats["fallback"] = fallback
     return _finished_plan(problem, solution, t0, t_lb)
@@ -279,7 +280,8 @@ def _finished_plan(
     problem: FreezeProblem, solution: Solution, t0: float, t_lb: float
 ) -> FreezePlan:
     """The plan of the solver's ratios: snapped to 0 and 1 within 1e-9, simulated, and
-    checked against the makespan the solver promised."""
+    checked against the makespan the solver promised. The solver solved
+    ``problem.normalised()``: its makespan is in units of ``problem.scale``."""
     build_seconds = time.perf_counter() - t0 - solution.solve_seconds
     dag = problem.dag
     r_fz = np.clip(solution.ratios, 0.0, 1.0)
@@ -288,7 +290,9 @@ def _finished_plan(
     r = np.zeros(dag.num_nodes)
     r[problem.fz_nodes] = r_fz
     tl = timeline_from_arrays(dag, problem.base - problem.wpart * r, r, problem.comm, problem.unit)
-    _check_simulated(tl.makespan, problem.bound(solution.min_makespan))
+    scale = problem.scale
+    _check_simulated(tl.makespan / scale, problem.bound(solution.min_makespan))
+    min_makespan = solution.min_makespan * scale
     ratios = {
         (int(dag.stage[v]), int(dag.microbatch[v])): float(x)
         for v, x in zip(problem.fz_nodes.tolist(), r_fz.tolist())
@@ -304,7 +308,7 @@ def _finished_plan(
         build_seconds=build_seconds,
         max_freeze_ratio=problem.cap,
         budget=problem.budget,
-        lp_makespan=solution.min_makespan,
+        lp_makespan=min_makespan,
         min_makespan=t_lb,
         num_rows=solution.num_rows,
         num_cols=solution.num_cols,

@@ -9,7 +9,8 @@ of positional parameters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -76,6 +77,23 @@ class FreezeProblem:
             dag, base, wpart, comm, float(max_freeze_ratio), budget, tolerance, profile.unit,
             FREEZE_WEIGHT,  # read now, so that a test can change the module's value
         )  # fmt: skip
+
+    @cached_property
+    def scale(self) -> float:
+        """The power of two just above the longest action or communication time (1 when
+        everything is 0): the unit the
+        solvers work in. The problem is homogeneous in time, but HiGHS's and the network
+        simplex's tolerances are absolute, so costs of 1e-9 ms or 1e12 ms would otherwise
+        give worse plans or solver failures."""
+        largest = max(float(np.max(self.base, initial=0.0)), float(self.comm))
+        # a power of two: dividing by it is exact, so a plan in ms and one in 2^k ms agree
+        return math.ldexp(1.0, math.frexp(largest)[1]) if largest > 0.0 else 1.0
+
+    def normalised(self) -> FreezeProblem:
+        """The same problem with every time divided by :attr:`scale` (its plan has the same
+        ratios; makespans scale back by :attr:`scale`)."""
+        s = self.scale
+        return replace(self, base=self.base / s, wpart=self.wpart / s, comm=self.comm / s)
 
     @cached_property
     def freezable(self) -> np.ndarray:

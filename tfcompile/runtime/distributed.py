@@ -110,12 +110,16 @@ def fingerprint(value) -> str:
 
 
 def tied_weight_groups(
-    specs: Sequence[StageSpec], stage_to_rank: Sequence[int]
+    specs: Sequence[StageSpec],
+    stage_to_rank: Sequence[int],
+    replicas: Sequence[Sequence[int]] | None = None,
 ) -> list[tuple[list[str], dist.ProcessGroup]]:
     """Parameters held by stages on several ranks, with the process group that sums their
     gradients: ``[(model names, group)]`` for the groups this rank belongs to.
 
-    Collective: every rank creates every group, in the same order.
+    ``replicas`` (data parallelism) are the global ranks of each pipeline replica indexed by
+    pipeline rank; each replica gets its own groups. Collective: every rank creates every
+    group, in the same order.
     """
     owners: dict[str, set[int]] = {}
     for spec in specs:
@@ -127,8 +131,10 @@ def tied_weight_groups(
             by_ranks.setdefault(tuple(sorted(ranks)), []).append(name)
     groups = []
     rank = dist.get_rank()
-    for ranks, names in sorted(by_ranks.items()):
-        group = dist.new_group(list(ranks))  # collective: every rank creates every group
-        if rank in ranks:
-            groups.append((names, group))
+    for pipeline in replicas or [range(dist.get_world_size())]:
+        for ranks, names in sorted(by_ranks.items()):
+            members = [pipeline[r] for r in ranks]
+            group = dist.new_group(members)  # collective: every rank creates every group
+            if rank in members:
+                groups.append((names, group))
     return groups

@@ -7,7 +7,7 @@ an order where each action's inputs already exist (`interleave`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import torch
 
@@ -82,6 +82,9 @@ class StepRunner:
         self.transport = transport
         self.timer = timer
         self.losses: dict[int, torch.Tensor] = {}
+        #: called with each action after it ran (data parallelism starts reducing a stage's
+        #: gradients after its last W); None: nothing to call
+        self.on_action_done: Callable[[object], None] | None = None
 
     def run_step(
         self,
@@ -100,18 +103,34 @@ class StepRunner:
         if self.forward_only:  # forward-only stages run their F actions only
             order = [a for a in order if a.kind == "F" or a.stage not in self.forward_only]
         self.transport.begin_step(step)
+        self.transport.plan(order, lookahead, self.num_stages)  # receive buffers per boundary
         if timed:
             self.timer.begin_step(step)
         needs = [consumed_message(a, self.num_stages) for a in order]
-        for index, action in enumerate(order):
-            if lookahead:
-                window = needs[index : index + lookahead]
-                self.transport.prefetch([k for k in window if k is not None])
-            self._run(action, inputs, targets, frozen, loss_seed, timed)
+        try:
+            for index, action in enumerate(order):
+                if lookahead:
+                    window = needs[index : index + lookahead]
+                    self.transport.prefetch([k for k in window if k is not None])
+                self._run(action, inputs, targets, frozen, loss_seed, timed)
+                if self.on_action_done is not None:
+                    self.on_action_done(action)
+        except BaseException:
+            # a failed step releases what it kept (pending forwards, messages in flight
+            # locally), so that the next step starts clean; the timer drops the step
+            self.release()
+            raise
         self.transport.finish_step()
         if timed:
             self.timer.end_step()
         return self.losses
+
+    def release(self) -> None:
+        """Drop every microbatch's kept state and this step's local messages and losses."""
+        for program in self.programs.values():
+            program.release()
+        self.transport.begin_step(-1)
+        self.losses = {}
 
     def _run(self, action, inputs, targets, frozen, loss_seed, timed: bool) -> None:
         s, kind, m = action.stage, action.kind, action.microbatch

@@ -18,8 +18,11 @@ import torch.distributed as dist
 from torch import nn
 
 from tfcompile import _torch_compat as compat
+from tfcompile import validate
 from tfcompile.errors import GroupError, RuntimeConfigError
+from tfcompile.runtime.collectives import guarded
 from tfcompile.runtime.executor import StepRunner, forward_only_order
+from tfcompile.runtime.memory import memory_stats
 from tfcompile.runtime.timers import ActionTimer, median_profile
 from tfcompile.runtime.transport import TensorSpec
 from tfcompile.schedules.actions import Action, Schedule
@@ -29,6 +32,7 @@ from tfcompile.split import StageSpec
 if TYPE_CHECKING:  # annotations only: the runtime does not import the controller or tracer
     from tfcompile.freeze.controller import Freezer
     from tfcompile.program import StageProgram
+    from tfcompile.runtime.data_parallel import ParallelMesh
     from tfcompile.runtime.transport import DistTransport, FailureSignal, LocalTransport
 
     Transport = DistTransport | LocalTransport
@@ -116,6 +120,7 @@ class Pipeline:
         forward_only_stages: Collection[int] = (),
         loss_fn: Callable | None = None,
         eval_tracer: Callable[[int], StageProgram] | None = None,
+        parallel: ParallelMesh | None = None,
     ) -> None:
         """`stage_programs` are this rank's traced stages (stage -> StageProgram) and `order`
         the actions this process runs per step. `grad_specs[stage]` describe the gradients a
@@ -128,7 +133,8 @@ class Pipeline:
         or before them trains) run forward only and get no gradient messages. `eval_tracer(s)`
         traces local stage `s` into a forward-only evaluation program in the current module
         modes and autocast state (the last stage without its loss, `loss_fn` is applied by
-        :meth:`evaluate`)."""
+        :meth:`evaluate`). `parallel` places the pipeline on a (dp, pp) mesh (None: the whole
+        world is this one pipeline); gradients are then averaged over dp after each step."""
         self.model = model
         self.schedule = schedule
         self.specs = list(specs)
@@ -162,6 +168,11 @@ class Pipeline:
         if hasattr(transport, "on_arrival"):
             transport.on_arrival = lambda key: self.timer.arrival(key[0], key[1], key[2])
         self._local_param_names = self._collect_local_params()
+        self.parallel = parallel
+        self._reducer = self._make_reducer()
+        #: the step at which load_checkpoint started the freezer over (a changed layout: its
+        #: warm-up is longer by this many steps); 0 when it never did
+        self.freeze_restart_step = 0
         self.freezer: Freezer | None = (
             freezer_factory(self) if freezer_factory is not None else None
         )
@@ -278,6 +289,7 @@ class Pipeline:
         with self._reporting_failures():
             self._check_step_context()
             stage_inputs, target_mbs = self._split_microbatches(inputs, targets)
+        validate.check_frozen(frozen)
         decided = {}
         if self.freezer is not None:
             need = self.freezer.measurement_due(self.step_index)
@@ -293,15 +305,108 @@ class Pipeline:
             program.grad_scale = {g: f for (s, g), f in scales.items() if s == stage}
         with self._reporting_failures(with_traceback=True):
             seed = torch.tensor(1.0 / M, dtype=self.loss_dtype, device=self.device)
-            losses = self.runner.run_step(
-                self.step_index, self.order, stage_inputs, target_mbs, frozen, seed, self.lookahead
-            )
-            self._reduce_tied_grads()
+            self._begin_dp_reduction(frozen)
+            try:
+                losses = self.runner.run_step(
+                    self.step_index, self.order, stage_inputs, target_mbs, frozen, seed,
+                    self.lookahead,
+                )  # fmt: skip
+                if self._reducer is not None:
+                    with guarded(self.failure, self.rank, "the data-parallel all_reduce"):
+                        self._reducer.finish()  # dp average before the tied sum (both linear)
+            finally:
+                self.runner.on_action_done = None
+                if self._reducer is not None:
+                    self._reducer.abandon()
+            with guarded(self.failure, self.rank, "the tied-gradient all_reduce"):
+                self._reduce_tied_grads()
         self.step_index += 1
         loss = torch.stack([losses[m] for m in range(M)]).mean().item() if losses else None
         if self.freezer is not None:
             self.freezer.after_step(self.last_step_seconds(), loss, frozen=frozen)
         return loss
+
+    # -- data parallelism -------------------------------------------------------------------
+    @property
+    def dp_rank(self) -> int:
+        """This replica's index among the dp replicas (0 without data parallelism): the shard
+        of the global batch that :meth:`step` should be given."""
+        return self.parallel.dp_rank if self.parallel is not None else 0
+
+    @property
+    def dp_size(self) -> int:
+        """Number of pipeline replicas (1 without data parallelism)."""
+        return self.parallel.dp_size if self.parallel is not None else 1
+
+    @property
+    def pp_group(self):
+        """Process group of this replica's pipeline ranks (None: the default group)."""
+        return self.parallel.pp_group if self.parallel is not None else None
+
+    def _make_reducer(self):
+        """Averages gradients over dp (None without data parallelism); see data_parallel."""
+        if self.parallel is None or self.parallel.dp_size == 1:
+            return None
+        from tfcompile.runtime.data_parallel import GradReducer
+
+        holders: dict[str, list[int]] = {n: [] for n in self._local_param_names}
+        for stage in self.local_stages:
+            names = set(self.specs[stage].param_names.values())
+            if stage == self.num_stages - 1:  # an nn.Module loss_fn's parameters
+                names |= set(self._local_param_names) - set(self._model_param_names())
+            for n in names & set(holders):
+                holders[n].append(stage)
+        return GradReducer(
+            self._local_param_names,
+            holders,
+            {s: self.stage_groups(s) for s in self.local_stages},
+            self.parallel.dp_group,
+            self.parallel.dp_size,
+        )
+
+    def _model_param_names(self) -> set[str]:
+        return {n for spec in self.specs for n in spec.param_names.values()}
+
+    def _begin_dp_reduction(self, frozen: Mapping) -> None:
+        if self._reducer is None:
+            return
+        order = [a for a in self.order if a.kind == "F" or a.stage not in self.forward_only_stages]
+        self._reducer.begin_step(order, frozen, self.num_microbatches)
+        self.runner.on_action_done = self._reducer.action_done
+
+    def comm_stats(self) -> dict[str, int]:
+        """Gradient reduction of the last step on this rank: ``bytes_reduced`` (gradient
+        bytes all-reduced over dp), ``buckets`` (``buckets_overlapped``: started while this
+        rank still had actions of the step to run), ``params_reduced``, ``params_skipped_frozen``
+        and ``bytes_skipped_frozen`` (parameters of groups frozen in every microbatch of the
+        step on this rank's stages: not reduced at all), ``groups_skipped``, ``dp_size``.
+        Zeros without data parallelism."""
+        if self._reducer is None or not self._reducer.stats:
+            return {"bytes_reduced": 0, "buckets": 0, "dp_size": self.dp_size}
+        return dict(self._reducer.stats)
+
+    def clip_grad_norm_(self, max_norm: float, norm_type: float = 2.0) -> torch.Tensor:
+        """Clip the gradients of the whole model (all pp and dp ranks) to total norm
+        ``max_norm``; returns the total norm (0-d float32 tensor), as
+        ``torch.nn.utils.clip_grad_norm_`` on the whole eager model would (tied weights
+        counted once, parameters without .grad absent; ``norm_type`` may be ``inf``).
+        Collective under torchrun: every rank calls it after :meth:`step`."""
+        from tfcompile.runtime.data_parallel import clip_grad_norm_
+
+        counted = dict(self._local_param_names)
+        rank = dist.get_rank() if self.distributed else 0
+        for names, group in self.tied_groups:  # a tied weight counts on its lowest rank
+            if rank != min(dist.get_process_group_ranks(group)):
+                for name in names:
+                    counted.pop(name, None)
+        return clip_grad_norm_(
+            list(self._local_param_names.values()),
+            list(counted.values()),
+            max_norm,
+            norm_type,
+            self.pp_group,
+            self.distributed,
+        )
 
     def _check_step_context(self) -> None:
         """A training step runs in compile()'s context (see :meth:`step`)."""
@@ -352,7 +457,9 @@ class Pipeline:
             for program in programs.values():
                 program.release()
         local = torch.stack([losses[m] for m in range(M)]).mean().item() if losses else None
-        loss = next(v for v in self._gather(local) if v is not None)
+        # one loss per replica (its last stage's rank): their mean is the global batch's
+        replica_losses = [v for v in self._gather(local) if v is not None]
+        loss = sum(replica_losses) / len(replica_losses)
         if not return_outputs:
             return loss
         outputs = programs[last].gathered_outputs(M) if last in programs else None
@@ -402,6 +509,10 @@ class Pipeline:
 
     def _split_microbatches(self, inputs, targets):
         M = self.num_microbatches
+        if self.has_first_stage:
+            validate.check_tensors(inputs, "inputs", "a batch like example_inputs")
+        if self.has_last_stage and targets is not None:
+            validate.check_tensors(targets, "targets", "a batch like example_target")
         stage_inputs = []
         if self.has_first_stage:
             chunks = _chunk_microbatches(inputs, M, "input")
@@ -460,7 +571,8 @@ class Pipeline:
         if not self.distributed:
             return [value]
         gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, value)
+        with guarded(self.failure, self.rank, "all_gather"):
+            dist.all_gather_object(gathered, value)
         return gathered
 
     def measured_profile(self, window: int | None = None, frozen: str | None = None) -> CostProfile:
@@ -475,6 +587,13 @@ class Pipeline:
         parts = [p for g in gathered for p in g[0]]
         arrivals = [a for g in gathered for a in g[1]]
         return CostProfile.from_dict(median_profile(parts, arrivals, self.num_stages, frozen))
+
+    def memory_stats(self) -> dict[str, int]:
+        """This rank's memory in bytes: ``peak_bytes`` (CUDA peak allocated, or the process's
+        peak RSS on CPU), ``activation_bytes`` (kept for pending backwards now: between
+        steps 0) and ``recv_buffer_bytes`` (receive buffers allocated, bounded per stage
+        boundary by the schedule's in-flight microbatches). See ``runtime/memory.py``."""
+        return memory_stats(self.stage_programs.values(), self.transport, self.device)
 
     def step_times(self, window: int | None = None) -> list[float]:
         """Wall-clock seconds of the last steps on this rank (first action start to last end)."""
@@ -496,7 +615,7 @@ class Pipeline:
 
         parts = [p for g in self._gather(self.timer.last_step()) for p in g]
         profile = self.measured_profile()
-        if self.rank != 0:
+        if self.rank != 0 or self.dp_rank != 0:  # one writer (replica 0's first rank)
             return None
         trace = measured_trace(
             parts,
@@ -512,7 +631,8 @@ class Pipeline:
     def close(self) -> None:
         """Leave the process group in a clean state (a barrier), where there is one."""
         if self.distributed:
-            dist.barrier()
+            with guarded(self.failure, self.rank, "close()'s barrier"):
+                dist.barrier()
         if self.failure is not None:
             self.failure.stop()
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import statistics
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
+from typing import Any
 
 import torch
 
@@ -133,6 +134,29 @@ class ActionTimer:
     def window_arrivals(self, steps: int | None = None) -> list[Arrival]:
         chosen = list(self.arrivals)[-steps:] if steps else list(self.arrivals)
         return [a for step in chosen for a in step]
+
+    def export(self, steps: int) -> dict[str, Any]:
+        """The records of the last ``steps`` steps as plain Python values (lists of the
+        fields of TimedPart/Arrival, times in seconds), for a checkpoint: a resumed run
+        :meth:`restore` them so that a measurement window that spans the resume point
+        measures what the uninterrupted run measured."""
+        parts = list(self.records)[-steps:] if steps > 0 else []
+        arrivals = list(self.arrivals)[-steps:] if steps > 0 else []
+        return {
+            "parts": [[list(astuple(p)) for p in step] for step in parts],
+            "arrivals": [[list(astuple(a)) for a in step] for step in arrivals],
+        }
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Replace the kept records by :meth:`export`'s (the window length stays)."""
+        self.records = deque(
+            ([TimedPart(*fields) for fields in step] for step in data["parts"]),
+            maxlen=self.records.maxlen,
+        )
+        self.arrivals = deque(
+            ([Arrival(*fields) for fields in step] for step in data["arrivals"]),
+            maxlen=self.arrivals.maxlen,
+        )
 
 
 def median_profile(

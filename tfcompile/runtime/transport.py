@@ -23,7 +23,8 @@ import torch
 import torch.distributed as dist
 
 from tfcompile.errors import PipelineFailure
-from tfcompile.schedules.actions import MessageKey  # (kind, src_stage, microbatch)
+from tfcompile.runtime.recv_buffers import buffer_slots
+from tfcompile.schedules.actions import Action, MessageKey  # (kind, src_stage, microbatch)
 from tfcompile.tensor_spec import TensorSpec
 
 
@@ -49,6 +50,12 @@ class LocalTransport:
 
     def begin_step(self, step: int) -> None:
         self.box.clear()
+
+    def plan(self, order: Sequence[Action], lookahead: int, num_stages: int) -> None:
+        pass  # no receive buffers: tensors are handed over
+
+    def buffer_bytes(self) -> int:
+        return 0
 
     def prefetch(self, upcoming: Sequence[MessageKey]) -> None:
         pass
@@ -161,6 +168,12 @@ class DistTransport:
         self.max_tensors = max((len(v) for v in specs.values()), default=1)
         self.on_arrival = on_arrival
         self.local: dict[MessageKey, tuple] = {}
+        # receive buffers: (kind, src_stage, slot) -> tensors, slots from the schedule's
+        # action list (see recv_buffers.py); `buffers` maps each posted message to its slot's
+        self.pool: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self.slots: dict[MessageKey, int] = {}
+        self._planned: tuple | None = None
+        self._pool_storages: set[int] = set()
         self.buffers: dict[MessageKey, tuple[torch.Tensor, ...]] = {}
         self.posted: dict[MessageKey, list] = {}
         self.sends: list[tuple] = []
@@ -179,18 +192,34 @@ class DistTransport:
     def begin_step(self, step: int) -> None:
         self.local.clear()
 
+    def plan(self, order: Sequence[Action], lookahead: int, num_stages: int) -> None:
+        """Assign receive buffers for this action list (cached per list): each boundary gets
+        as many as its messages are in flight at once (``recv_buffers.buffer_slots``)."""
+        planned = (tuple(order), lookahead)
+        if planned != self._planned:
+            self.slots = buffer_slots(order, num_stages, lookahead, self._is_remote)
+            self._planned = planned
+
+    def buffer_bytes(self) -> int:
+        """Bytes of the receive buffers allocated so far."""
+        return sum(t.numel() * t.element_size() for ts in self.pool.values() for t in ts)
+
     def prefetch(self, upcoming: Sequence[MessageKey]) -> None:
         """Post receives for messages this rank will consume soon."""
         for key in upcoming:
             if key in self.posted or not self._is_remote(key):
                 continue
-            buffers = self.buffers.get(key)
+            # a message outside the planned list (none today) gets a buffer of its own
+            slot = self.slots.get(key, ("unplanned", key[2]))
+            buffers = self.pool.get((key[0], key[1], slot))
             if buffers is None:
                 specs = self.specs[(key[0], key[1])]
                 buffers = tuple(
                     torch.empty(s.shape, dtype=s.dtype, device=self.device) for s in specs
                 )
-                self.buffers[key] = buffers
+                self.pool[(key[0], key[1], slot)] = buffers
+                self._pool_storages.update(t.untyped_storage().data_ptr() for t in buffers)
+            self.buffers[key] = buffers
             src_rank = self.stage_to_rank[key[1]]
             self.posted[key] = [
                 dist.irecv(buf, src=src_rank, tag=self._tag(key, i))
@@ -206,14 +235,19 @@ class DistTransport:
             return
         dst_rank = self.stage_to_rank[dest_stage(key)]
         for i, tensor in enumerate(tensors):
+            if tensor.untyped_storage().data_ptr() in self._pool_storages:
+                # a gradient that is a received tensor passed through: the buffer is received
+                # into again before this send is waited for (finish_step)
+                tensor = tensor.clone()
             tensor = tensor.contiguous()
             work = dist.isend(tensor, dst=dst_rank, tag=self._tag(key, i))
             self.sends.append((work, tensor, key))
 
     def take(self, key: MessageKey) -> tuple:
-        """The tensors of message `key`. A remote message arrives in the key's receive
-        buffers, which the next step receives into again: consumers use them within the step
-        and never keep them (StageProgram never adopts a tangent as a parameter's .grad)."""
+        """The tensors of message `key`. A remote message arrives in a receive buffer that a
+        later message of its boundary receives into again once the consuming stage has finished
+        this microbatch (recv_buffers.py): consumers use it until then and never keep it
+        (StageProgram never adopts a tangent as a parameter's .grad)."""
         if not self._is_remote(key):
             return self.local.pop(key)
         if key not in self.posted:
@@ -224,7 +258,7 @@ class DistTransport:
             waited |= self._wait(work, f"{key[0]} of stage {key[1]} microbatch {key[2]}")
         if waited and self.on_arrival is not None:
             self.on_arrival(key)
-        return self.buffers[key]
+        return self.buffers.pop(key)
 
     def _wait(self, work, what: str) -> bool:
         """Block until `work` is done; True if it was not done yet (the rank had to wait)."""

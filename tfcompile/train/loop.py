@@ -82,7 +82,9 @@ def train(
     base_lrs = [g.setdefault("initial_lr", g["lr"]) for g in optimizer.param_groups]
     result = TrainResult(steps=steps, wall_seconds=0.0)
     start = time.perf_counter()
-    speaker = verbose and (pipe.num_stages - 1) in pipe.local_stages
+    # one printer: the last stage's rank (of replica 0 under data parallelism)
+    replica0 = getattr(pipe, "dp_rank", 0) == 0
+    speaker = verbose and (pipe.num_stages - 1) in pipe.local_stages and replica0
 
     def evaluate(step: int) -> None:
         if not val_batches:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from tfcompile.compile_backend import BACKENDS
+from tfcompile.errors import RuntimeConfigError
 from tfcompile.freeze.config import GRAD_MODES, POLICIES, FreezeConfig
 from tfcompile.train.checkpoint import load_checkpoint, save_checkpoint
 from tfcompile.train.loop import TrainResult, train
@@ -69,6 +70,19 @@ class RunConfig:
         "eager",
         "how stage graphs run: eager (op by op) or inductor (compiled on first use, cached)",
         choices=BACKENDS,
+    )
+    activation_checkpointing: str = _opt(
+        "none", "forward values the backward recomputes: none, full (block inputs kept), "
+        "selective (matmul outputs kept)", choices=("none", "full", "selective"),
+    )  # fmt: skip
+    mixed_precision: str = _opt(
+        "fp32", "fp32, or bf16 (bf16 autocast traced in, bf16 between stages, fp32 weights)",
+        choices=("fp32", "bf16"),
+    )  # fmt: skip
+    dp: int = _opt(
+        1,
+        "data-parallel pipeline replicas under torchrun (world = dp x pipeline ranks); "
+        "--batch is the global batch, each replica trains on its share",
     )
     # -- optimisation
     steps: int = _opt(100, "training steps")
@@ -120,11 +134,13 @@ class RunConfig:
     # -- checkpoints
     save: str | None = _opt(
         None,
-        "checkpoint path: a directory or a file name with {rank}; {step} is replaced by the "
-        "number of steps done",
+        "checkpoint directory (torch.distributed.checkpoint, all ranks); {step} is replaced "
+        "by the number of steps done",
     )
     save_every: int = _opt(0, "checkpoint every N steps (0: only at the end, with --save)")
-    resume: str | None = _opt(None, "checkpoint to resume from")
+    resume: str | None = _opt(
+        None, "checkpoint to resume from ({step}: the latest complete one), at any --dp"
+    )
     stop_at: int | None = _opt(None, "stop after this step (simulates a crash)")
 
     def freeze_config(self) -> FreezeConfig | None:
@@ -271,7 +287,13 @@ def build_pipeline(config: RunConfig, world: int):
     model = byte_lm(
         config.dim, config.layers, config.heads, config.kv_heads, config.seq, config.seed
     )
-    example = torch.zeros(config.batch // config.microbatches, config.seq, dtype=torch.long)
+    if config.batch % (config.dp * config.microbatches):
+        raise RuntimeConfigError(
+            f"--batch {config.batch} does not split into --dp {config.dp} x --microbatches "
+            f"{config.microbatches} equal microbatches"
+        )
+    rows = config.batch // (config.dp * config.microbatches)
+    example = torch.zeros(rows, config.seq, dtype=torch.long)
     pipe = tfcompile.compile(
         model,
         schedule=config.schedule,
@@ -283,8 +305,17 @@ def build_pipeline(config: RunConfig, world: int):
         freeze=config.freeze_config(),
         ranks=config.ranks if world == 1 else None,
         backend=config.backend,
+        activation_checkpointing=config.activation_checkpointing,
+        mixed_precision=config.mixed_precision,
+        dp=config.dp if config.dp > 1 else None,
     )
     return pipe, model
+
+
+def _share(batch: tuple[torch.Tensor, ...], pipe) -> tuple[torch.Tensor, ...]:
+    """This replica's rows of a global batch (all of it without data parallelism)."""
+    rows = batch[0].shape[0] // pipe.dp_size
+    return tuple(t[pipe.dp_rank * rows : (pipe.dp_rank + 1) * rows] for t in batch)
 
 
 def lr_schedule(config: RunConfig):
@@ -308,7 +339,7 @@ def run(config: RunConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     data = corpus()
     pipe, model = build_pipeline(config, world)
-    speaker = pipe.num_stages - 1 in pipe.local_stages
+    speaker = pipe.num_stages - 1 in pipe.local_stages and pipe.dp_rank == 0
     if speaker:
         n_params = sum(p.numel() for p in model.parameters())
         print(
@@ -324,7 +355,12 @@ def run(config: RunConfig) -> dict:
     # the data generator is checkpointed with the model: a resumed run sees the same batches
     gen = torch.Generator().manual_seed(config.seed + 1)
     val_gen = torch.Generator().manual_seed(12345)
-    val = [data.batch("val", config.batch, config.seq, val_gen) for _ in range(config.val_batches)]
+    # every replica draws the global batch and trains on its share (pipe.dp_rank), so the data
+    # position is the same on every rank and a checkpoint resumes at any --dp
+    val = [
+        _share(data.batch("val", config.batch, config.seq, val_gen), pipe)
+        for _ in range(config.val_batches)
+    ]
     optimizer = torch.optim.AdamW(pipe.parameters(), lr=config.lr, weight_decay=0.0)
     start = 0
     if config.resume:
@@ -341,14 +377,15 @@ def run(config: RunConfig) -> dict:
             path = config.save.replace("{step}", str(done))
             save_checkpoint(path, pipe, optimizer, extra={"data": gen})
 
-    log_name = f"steps_rank{pipe.rank}" + (f"_from{start}" if start else "") + ".csv"
+    rank_tag = f"{pipe.rank}" + (f"_dp{pipe.dp_rank}" if pipe.dp_size > 1 else "")
+    log_name = f"steps_rank{rank_tag}" + (f"_from{start}" if start else "") + ".csv"
     with StepLog(
         out / log_name, items_per_step=tokens, tensorboard_dir=config.tensorboard
     ) as steplog:
         result = train(
             pipe,
             optimizer,
-            lambda step: data.batch("train", config.batch, config.seq, gen),
+            lambda step: _share(data.batch("train", config.batch, config.seq, gen), pipe),
             stop,
             items_per_step=tokens,
             item_name="tok",
@@ -388,7 +425,7 @@ def write_dumps(pipe, out: Path) -> None:
         ratios = dict(freezer.plan.ratios)
     else:
         profile, ratios = pipe.measured_profile(), None
-    if pipe.rank != 0:
+    if pipe.rank != 0 or pipe.dp_rank != 0:
         return
     planned = simulate(pipe.schedule, profile, ratios)
     baseline = simulate(pipe.schedule, profile)

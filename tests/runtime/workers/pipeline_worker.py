@@ -18,6 +18,7 @@ from torch import nn
 
 import tfcompile
 from tfcompile.models.llama import Llama, LlamaConfig
+from tfcompile.runtime.recv_buffers import buffers_per_boundary
 from tfcompile.schedules import stages_per_rank
 
 
@@ -122,8 +123,17 @@ def run(
         r = ref_params[name]
         worst = max(worst, ((p - r).abs().max() / r.abs().max().clamp_min(1e-12)).item())
     loss_err = max((abs(a - b) / abs(b) for a, b in losses if a is not None), default=0.0)
+    stats = pipe.memory_stats()
+    transport = pipe.transport
+    allocated: dict[str, int] = {}
+    for kind, src, _slot in transport.pool:
+        allocated[f"{kind},{src}"] = allocated.get(f"{kind},{src}", 0) + 1
+    bound = {f"{k},{s}": n for (k, s), n in buffers_per_boundary(transport.slots).items()}
     pipe.close()
     return {
+        "recv_buffers": allocated,
+        "recv_bound": bound,
+        "memory_stats": stats,
         "param_rel_err": worst,
         "loss_rel_err": loss_err,
         "losses": losses,

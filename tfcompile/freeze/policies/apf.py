@@ -19,6 +19,7 @@ only P is used: it orders the candidates (most stable first) and nothing else is
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 Key = Hashable
+log = logging.getLogger("tfcompile.freeze")
 
 
 @dataclass
@@ -48,6 +50,9 @@ class APF:
         self.check_every = check_every
         self.freezes = freezes
         self.groups: dict[Key, _GroupState] = {}
+        #: checks skipped because a group's parameters were not finite (NaN/inf values give a
+        #: NaN perturbation that would flip the group between stable and not at random)
+        self.skipped_nonfinite = 0
 
     def check(self, step: int, params: Mapping[Key, Sequence[torch.Tensor]]) -> None:
         """Run one APF check at ``step`` on the current parameter values of every group."""
@@ -56,6 +61,14 @@ class APF:
             if step < state.frozen_until:
                 continue  # frozen: it did not move, nothing to learn
             flat = _flatten(tensors)
+            if not bool(torch.isfinite(flat).all()):
+                self.skipped_nonfinite += 1
+                log.warning(
+                    "freeze: apf skips the check of %s at step %d: non-finite parameters",
+                    key,
+                    step,
+                )
+                continue  # the snapshot stays the last finite one
             trained_full_interval = (
                 state.snapshot is not None and state.frozen_until <= step - self.check_every
             )
@@ -105,11 +118,12 @@ class APF:
                     "checked_at": s.checked_at,
                 }
             )
-        return {"groups": entries}
+        return {"groups": entries, "skipped_nonfinite": self.skipped_nonfinite}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Inverse of :meth:`state_dict`."""
         self.groups = {}
+        self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
         for entry in state["groups"]:
             key = entry["key"]
             key = tuple(key) if isinstance(key, list) else key

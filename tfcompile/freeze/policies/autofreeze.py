@@ -18,12 +18,15 @@ change first) and the LP ratio decides how many are frozen.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 Key = Hashable
+log = logging.getLogger("tfcompile.freeze")
 
 
 class AutoFreeze:
@@ -37,9 +40,23 @@ class AutoFreeze:
         self.previous: dict[Key, float] = {}
         self.change: dict[Key, float] = {}
         self.frozen_prefix = 0  # number of layers (in global order) frozen so far
+        #: measurements skipped because they were not finite (an inf/NaN gradient norm: a
+        #: step the optimizer skips, as GradScaler does, must not decide anything)
+        self.skipped_nonfinite = 0
 
     def observe(self, norms: Mapping[Key, float]) -> None:
-        """Add one step's gradient norms (only groups that received a gradient)."""
+        """Add one step's gradient norms (only groups that received a gradient).
+
+        A step with a non-finite norm in any group is skipped as a whole (logged, counted in
+        ``skipped_nonfinite``): one inf norm would otherwise make the interval's changes NaN,
+        and every comparison with a NaN percentile reads as "converged"."""
+        bad = sorted(str(k) for k, v in norms.items() if not math.isfinite(float(v)))
+        if bad:
+            self.skipped_nonfinite += 1
+            log.warning(
+                "freeze: autofreeze skips a step with non-finite gradient norms in %s", bad[:3]
+            )
+            return
         for key, norm in norms.items():
             self._sum[key] = self._sum.get(key, 0.0) + float(norm)
             self._count[key] = self._count.get(key, 0) + 1
@@ -52,6 +69,10 @@ class AutoFreeze:
         """Close the interval: update the changes from ``norms`` (default: the local ones)."""
         current = dict(self.interval_norms() if norms is None else norms)
         for key, norm in current.items():
+            if not math.isfinite(float(norm)):  # gathered from a rank that saw one
+                self.skipped_nonfinite += 1
+                log.warning("freeze: autofreeze skips a non-finite interval norm of %s", key)
+                continue
             before = self.previous.get(key)
             if before is not None and before > 0.0:
                 self.change[key] = abs(norm - before) / before
@@ -64,13 +85,15 @@ class AutoFreeze:
         """Freeze further layers front to back (AutoFreeze's rule); returns the prefix length."""
         if not self.freezes:
             return self.frozen_prefix
-        training = [k for k in order[self.frozen_prefix :] if k in self.change]
+        training = [
+            k for k in order[self.frozen_prefix :] if math.isfinite(self.change.get(k, math.nan))
+        ]
         if not training:
             return self.frozen_prefix
         threshold = float(np.percentile([self.change[k] for k in training], self.percentile))
         for key in order[self.frozen_prefix :]:
             value = self.change.get(key)
-            if value is None or value >= threshold:
+            if value is None or not math.isfinite(value) or value >= threshold:
                 break
             self.frozen_prefix += 1
         return self.frozen_prefix
@@ -87,6 +110,7 @@ class AutoFreeze:
             "previous": list(self.previous.items()),
             "change": list(self.change.items()),
             "frozen_prefix": self.frozen_prefix,
+            "skipped_nonfinite": self.skipped_nonfinite,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -100,3 +124,4 @@ class AutoFreeze:
         self.previous = items("previous")
         self.change = items("change")
         self.frozen_prefix = int(state["frozen_prefix"])
+        self.skipped_nonfinite = int(state.get("skipped_nonfinite", 0))
