@@ -88,6 +88,7 @@ def test_inductor_equals_eager_slow(name, inductor_cache):
     _check_equal(name, seed=STAGE_NAMES.index(name))
 
 
+@pytest.mark.slow
 def test_truncated_variant_compiled_only_when_used(inductor_cache):
     """A first stage (token ids: no input gradient) with all groups but the last frozen runs
     the truncated backward_input variant: only that variant and the last group's region are
