@@ -11,6 +11,9 @@ before the forward, sampled after every aten op (glibc mallinfo2 in a TorchDispa
 A second table does the same for a first stage (token embedding + blocks, integer inputs), where
 freezing front-to-back also truncates the backward at the earliest unfrozen group.
 
+Rows "ind", "ind_25".. are the same with inductor-compiled regions (``backend="inductor"``);
+its compile time and each configuration's first-call time are reported apart from the medians.
+
 Prints tables and writes JSON to benchmarks/results/bench_backward.json. Never asserts on time.
 Usage: python benchmarks/bench_backward.py [--dim 512] [--reps 15] [--quick]
 """
@@ -119,7 +122,7 @@ def freeze_sets(prog, fractions):
     return out
 
 
-def run_stage(module, x, target_fn, reps, label, loss=False):
+def run_stage(module, x, target_fn, reps, label, loss=False, inductor=True):
     module.train()
     params = list(module.parameters())
     needs_grad = x.is_floating_point()
@@ -131,6 +134,8 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
     t0 = time.perf_counter()
     prog = tfcompile.trace_stage(module, (x_ex,), **kw)
     trace_s = time.perf_counter() - t0
+    # the same stage with inductor-compiled regions ("ind" rows); same module and parameters
+    iprog = tfcompile.trace_stage(module, (x_ex,), backend="inductor", **kw) if inductor else None
     out_shape = None
     with torch.no_grad():
         out_shape = module(x).shape
@@ -151,7 +156,7 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
             out.backward(gout)
         return time.perf_counter() - t
 
-    def ours_once(frozen=frozenset()):
+    def ours_once(frozen=frozenset(), prog=prog):
         for p in params:
             p.grad = None
         prog.forward(0, x, target=tgt)
@@ -168,9 +173,16 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
     configs = {"eager": eager_once, "ours": ours_once}
     for f in fractions:
         configs[f"ours_{int(f * 100)}"] = lambda fr=sets[f][0]: ours_once(fr)
+    if iprog is not None:
+        configs["ind"] = lambda: ours_once(prog=iprog)
+        for f in fractions:
+            configs[f"ind_{int(f * 100)}"] = lambda fr=sets[f][0]: ours_once(fr, iprog)
     samples = {k: [] for k in configs}
-    for fn in configs.values():
+    first_ms = {}
+    for k, fn in configs.items():  # the first call compiles (inductor): timed separately
+        t = time.perf_counter()
         fn()
+        first_ms[k] = 1e3 * (time.perf_counter() - t)
         fn()
     region_ms = {g: [] for g in prog.group_order}
     for _ in range(reps):
@@ -212,11 +224,25 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
     for p in params:
         p.grad = None
     mem["ours"] = _peak_bytes(ours_fb)
+    if iprog is not None:
+        for p in params:
+            p.grad = None
+
+        def ind_fb():
+            for p in params:
+                p.grad = None
+            iprog.forward(0, x, target=tgt)
+            iprog.backward(0, *(() if loss else (gout,)))
+
+        mem["ind"] = _peak_bytes(ind_fb)
 
     rows = []
     base = med["ours"]
     bw_flops = prog.input_flops + sum(prog.region_flops.values())
-    for k in ["eager", "ours"] + [f"ours_{int(f * 100)}" for f in fractions]:
+    keys = ["eager", "ours"] + [f"ours_{int(f * 100)}" for f in fractions]
+    if iprog is not None:
+        keys += ["ind"] + [f"ind_{int(f * 100)}" for f in fractions]
+    for k in keys:
         row = {
             "config": k,
             "median_ms": med[k],
@@ -224,20 +250,26 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
             "best_ms": best[k],
             "best_vs_eager": best[k] / best["eager"],
             "paired_vs_eager": paired[k],
+            "first_call_ms": first_ms[k],
         }
-        if k.startswith("ours_"):
+        if "_" in k:
             f = int(k.split("_")[1]) / 100
             frozen, flop_frac = sets[f]
             expected = sum(region_med[g] for g in frozen)
-            saved = base - med[k]
+            # saving relative to the same backend unfrozen; "expected" is the frozen regions'
+            # share of the eager-backend backward (region times of the inductor program are
+            # not timed separately), so for "ind" rows saved/expected compares shares
+            unfrozen = med[k.split("_")[0]]
+            saved = unfrozen - med[k]
+            expected = expected * unfrozen / base
             row.update(
                 frozen=sorted(frozen),
                 frozen_flop_fraction=flop_frac,
                 frozen_share_of_backward_flops=sum(prog.region_flops[g] for g in frozen) / bw_flops,
                 saved_ms=saved,
-                saved_fraction_of_backward=saved / base,
+                saved_fraction_of_backward=saved / unfrozen,
                 frozen_regions_ms=expected,
-                frozen_regions_share=expected / base,
+                frozen_regions_share=expected / unfrozen,
                 saved_over_expected=saved / expected if expected else float("nan"),
             )
         rows.append(row)
@@ -272,7 +304,13 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
     print(
         f"peak memory of forward+backward: eager {mem['eager'] / 2**20:.1f} MiB, "
         f"ours {mem['ours'] / 2**20:.1f} MiB (ratio {mem['ours'] / max(mem['eager'], 1):.3f})"
+        + (f", ours+inductor {mem['ind'] / 2**20:.1f} MiB" if "ind" in mem else "")
     )
+    if iprog is not None:
+        print(
+            f"inductor: compile {iprog.compile_seconds:.1f} s in total; first call "
+            f"{first_ms['ind']:.0f} ms unfrozen (compiles forward, backward_input, regions)"
+        )
     return {
         "label": label,
         "groups": prog.group_order,
@@ -281,6 +319,7 @@ def run_stage(module, x, target_fn, reps, label, loss=False):
         "rows": rows,
         "peak_bytes": mem,
         "trace_s": trace_s,
+        "inductor_compile_s": iprog.compile_seconds if iprog is not None else None,
     }
 
 
@@ -293,6 +332,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     ap.add_argument("--quick", action="store_true", help="small sizes, few reps (smoke run)")
+    ap.add_argument("--no-inductor", action="store_true", help="skip the inductor rows")
     ap.add_argument("--out", default="benchmarks/results/bench_backward.json")
     args = ap.parse_args(argv)
     if args.quick:
@@ -315,7 +355,8 @@ def main(argv=None):
     results = {"config": vars(args), "torch": torch.__version__, "threads": torch.get_num_threads()}
     x = torch.randn(args.batch, args.seq, args.dim)
     results["middle_stage"] = run_stage(
-        Blocks(cfg, args.blocks), x, None, args.reps, "middle stage (activation input)"
+        Blocks(cfg, args.blocks), x, None, args.reps, "middle stage (activation input)",
+        inductor=not args.no_inductor,
     )
     tokens = torch.randint(0, cfg.vocab_size, (args.batch, args.seq))
     results["first_stage"] = run_stage(
@@ -324,6 +365,7 @@ def main(argv=None):
         None,
         args.reps,
         "first stage (token ids: frozen prefix truncates the backward)",
+        inductor=not args.no_inductor,
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

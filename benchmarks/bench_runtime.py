@@ -7,7 +7,12 @@ there is one). Rows:
 
 - tfcompile vs torch pipelining (PipelineStage + Schedule1F1B), step time and ratio;
 - tfcompile with the last stage's weight-gradient work frozen in every microbatch vs nothing;
-- the planner's simulated makespan from the measured profile vs the measured step time.
+- the planner's simulated makespan from the measured profile vs the measured step time;
+- (unless --no-compiled) tfcompile with inductor-compiled stage regions (``backend="inductor"``),
+  nothing frozen and W frozen, and torch pipelining over ``torch.compile``'d stage modules
+  (where torch refuses the combination, the refusal is recorded instead). Compile time and
+  the first step (which compiles: both compile lazily) are reported apart from the steady
+  medians.
 
 Timing: one step = barrier, then the rank's step call, then (CUDA) synchronize; the step's
 time is the slowest rank's. Gradients are dropped (p.grad = None) before every step, outside
@@ -76,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny config (about a minute)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--timeout", type=float, default=900.0, help="seconds for the whole run")
+    p.add_argument(
+        "--no-compiled", action="store_true", help="skip tfcompile+inductor and torch.compile"
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
@@ -124,12 +132,14 @@ def torch_stage_module(model, stage: int, cut: int) -> nn.Module:
 class TorchPP:
     """torch.distributed.pipelining: PipelineStage + Schedule1F1B over the same split."""
 
-    def __init__(self, args, rank: int, world: int, device: torch.device):
+    def __init__(self, args, rank: int, world: int, device: torch.device, compiled=False):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B
 
         self.model = build_model(args)
         self.rank, self.world = rank, world
         self.module = torch_stage_module(self.model, rank, args.layers // 2).to(device)
+        if compiled:  # the stage module's forward compiled; parameters stay the model's
+            self.module = torch.compile(self.module)
         self.names = {id(p): n for n, p in self.model.named_parameters()}
         self.stage = PipelineStage(self.module, rank, world, device)
         self.schedule = Schedule1F1B(self.stage, args.microbatches, loss_fn=lm_loss)
@@ -314,8 +324,13 @@ def worker(args: argparse.Namespace) -> None:
         "torch": run_torch,
         "tfcompile_wfrozen": lambda i: run_tf(i, frozen_w),
     }
+    compiled = {} if args.no_compiled else compiled_systems(args, rank, world, device, batches)
+    for name, entry in compiled.items():
+        if "run" in entry:
+            systems[name] = entry.pop("run")
     times: dict[str, list[float]] = {k: [] for k in systems}
     tf_steps: dict[str, set[int]] = {"tfcompile": set(), "tfcompile_wfrozen": set()}
+    ind_pipe = compiled.get("tfcompile_inductor", {}).get("pipe")
     for name, fn in systems.items():
         log(rank, f"warmup: {name} ({args.warmup} steps)")
         for i in range(args.warmup):
@@ -329,6 +344,8 @@ def worker(args: argparse.Namespace) -> None:
             for i in range(done, done + n):
                 if name in tf_steps:
                     tf_steps[name].add(pipe.step_index)
+                if ind_pipe is not None and name.startswith("tfcompile_inductor"):
+                    tf_steps.setdefault(name, set()).add(ind_pipe.step_index)
                 seconds, _ = fn(i)
                 times[name].append(seconds)
         done += n
@@ -351,6 +368,11 @@ def worker(args: argparse.Namespace) -> None:
     pred_frozen_measured = simulate(
         pipe.schedule, {k: prof_frozen[k] for k in ("stages", "comm", "unit")}
     ).makespan
+    ind_profiles = {}
+    if ind_pipe is not None:  # collective: every rank takes part
+        for name in ("tfcompile_inductor", "tfcompile_inductor_wfrozen"):
+            ind_profiles[name] = profile_of(ind_pipe, tf_steps.get(name, set()))
+        ind_pipe.close()
     split_sched = b_as_i_then_w(pipe.schedule)
     pred_none_iw = simulate(split_sched, planner_profile).makespan
     pred_frozen_iw = simulate(split_sched, planner_profile, ratios).makespan
@@ -391,6 +413,7 @@ def worker(args: argparse.Namespace) -> None:
         "ratio_wfrozen_vs_none": med["tfcompile_wfrozen"] / med["tfcompile"],
         "profile_none": prof_none,
         "profile_wfrozen": prof_frozen,
+        "compiled": compiled_summary(compiled, med, ind_profiles, M, last),
         "prediction": {
             "none": {
                 "predicted_ms": pred_none,
@@ -427,6 +450,91 @@ def worker(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
+
+
+def compiled_systems(args, rank: int, world: int, device, batches) -> dict[str, dict]:
+    """tfcompile+inductor (nothing frozen, last stage's W frozen) and torch pipelining over
+    torch.compile'd stage modules: per system its step function ("run"), compile time and
+    first-step time, or the error where it cannot run (recorded, the benchmark goes on)."""
+    import tfcompile
+
+    M = args.microbatches
+    example = torch.zeros(args.batch // M, args.seq, dtype=torch.long)
+    out: dict[str, dict] = {}
+    t0 = time.perf_counter()
+    ipipe = tfcompile.compile(
+        build_model(args), schedule="1F1B", stages=world, microbatches=M,
+        example_inputs=(example,), loss_fn=lm_loss, example_target=example,
+        split_points=[f"layers.{args.layers // 2}"], device=device, backend="inductor",
+    )  # fmt: skip
+    ipipe.timer.set_window(None)
+    trace_s = time.perf_counter() - t0
+    last = ipipe.num_stages - 1
+    frozen_w = {}
+    if last in ipipe.local_stages:
+        frozen_w = {(last, m): set(ipipe.stage_groups(last)) for m in range(M)}
+
+    def run_ind(i: int, frozen=None):
+        x, y = batches[i % len(batches)]
+        drop_grads(ipipe.parameters())
+        return timed_step(lambda: ipipe.step(x, y, frozen=frozen), device)
+
+    first_s, _ = run_ind(0)  # compiles the forward, backward_input and every region
+    frozen_first_s, _ = run_ind(0, frozen_w)  # compiles nothing new (variant 0 is used)
+    compile_s = sum(p.compile_seconds for p in ipipe.stage_programs.values())
+    compile_s = max(ipipe.all_gather_object(compile_s))
+    first_s = max(ipipe.all_gather_object(first_s))
+    log(rank, f"tfcompile+inductor: compile {compile_s:.1f} s, first step {first_s:.1f} s")
+    out["tfcompile_inductor"] = {
+        "run": run_ind, "pipe": ipipe, "trace_s": trace_s, "compile_s": compile_s,
+        "first_step_s": first_s,
+    }  # fmt: skip
+    out["tfcompile_inductor_wfrozen"] = {
+        "run": lambda i: run_ind(i, frozen_w), "first_step_s": frozen_first_s,
+    }  # fmt: skip
+    try:
+        peer = TorchPP(args, rank, world, device, compiled=True)
+
+        def run_peer(i: int):
+            x, y = batches[i % len(batches)]
+            drop_grads(p for _, p in peer.named_parameters())
+            return timed_step(lambda: peer.step(x, y), device)
+
+        t = time.perf_counter()
+        run_peer(0)  # torch.compile compiles on the first call
+        first = max(ipipe.all_gather_object(time.perf_counter() - t))
+        log(rank, f"torch pipelining + torch.compile: first step {first:.1f} s")
+        out["torch_compile"] = {"run": run_peer, "first_step_s": first}
+    except Exception as exc:  # noqa: BLE001 - torch refusing the combination is a result
+        out["torch_compile"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        log(rank, f"torch pipelining + torch.compile refused: {out['torch_compile']['error']}")
+    return out
+
+
+def compiled_summary(compiled: dict, med: dict, profiles: dict, M: int, last: int) -> dict:
+    """Ratios of the compiled systems (medians of steady steps) and the saving of freezing the
+    last stage's W with inductor against that W's measured share."""
+    if not compiled:
+        return {}
+    summary = {
+        name: {k: v for k, v in entry.items() if k not in ("pipe", "run")}
+        for name, entry in compiled.items()
+    }
+    ind = med.get("tfcompile_inductor")
+    if ind is None:
+        return summary
+    summary["ratio_inductor_vs_torch"] = ind / med["torch"]
+    summary["ratio_inductor_vs_tfcompile_eager"] = ind / med["tfcompile"]
+    if "torch_compile" in med:
+        summary["ratio_inductor_vs_torch_compile"] = ind / med["torch_compile"]
+    saved = ind - med["tfcompile_inductor_wfrozen"]
+    prof = profiles.get("tfcompile_inductor")
+    if prof is not None:
+        w_ms = M * prof["stages"][last]["W"]
+        summary["freeze_saved_ms"] = saved
+        summary["frozen_w_ms"] = w_ms
+        summary["saved_over_frozen_w"] = saved / w_ms if w_ms else None
+    return summary
 
 
 def print_table(r: dict) -> None:
@@ -473,6 +581,22 @@ def print_table(r: dict) -> None:
         f"action times, comm 0: {r['profile_none']['replay_error_pct']:+.1f}%, with B as I "
         f"then W: {r['profile_none']['replay_error_b_as_iw_pct']:+.1f}%)"
     )
+    comp = r.get("compiled") or {}
+    if comp:
+        print()
+        print(f"{'compiled systems':<44} {'median ms':>10} {'first step s':>12} {'compile s':>9}")
+        for name in ("tfcompile_inductor", "tfcompile_inductor_wfrozen", "torch_compile"):
+            e = comp.get(name, {})
+            if "error" in e:
+                print(f"{name:<44} refused: {e['error'][:120]}")
+                continue
+            ms = med.get(name, float("nan"))
+            first, cs = e.get("first_step_s", float("nan")), e.get("compile_s", float("nan"))
+            print(f"{name:<44} {ms:>10.2f} {first:>12.2f} {cs:>9.2f}")
+        for key in ("ratio_inductor_vs_torch", "ratio_inductor_vs_torch_compile",
+                    "ratio_inductor_vs_tfcompile_eager", "saved_over_frozen_w"):  # fmt: skip
+            if comp.get(key) is not None:
+                print(f"{key:<44} {comp[key]:>10.3f}")
     ch = r["check"]
     print(
         f"first-step loss tfcompile {ch['loss_tfcompile']:.6f} vs torch {ch['loss_torch']:.6f}"

@@ -9,6 +9,7 @@ names needs a change here only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -201,6 +202,46 @@ def version_counter(t: torch.Tensor) -> int:
     return t._version
 
 
+# -- inductor (tfcompile/compile_backend.py compiles stage regions through these) -------------
+
+
+def inductor_cache_dir(path: str | None = None) -> str:
+    """Inductor's on-disk cache directory (FX graph cache, generated kernels), made absolute.
+
+    With `path` it becomes the process's cache directory (``TORCHINDUCTOR_CACHE_DIR``, which
+    inductor reads at every lookup and which child processes inherit: torchrun workers and a
+    second run reuse what the first compiled). Without, the current one (the environment
+    variable, else inductor's default under the temp dir)."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    if path is not None:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.abspath(path)
+    return cache_dir()
+
+
+def inductor_compile(fn: Callable[..., Any], example_args: Sequence[Any]) -> Callable[[list], Any]:
+    """Compile ``fn(*args)`` (an aten-level, functional graph callable) with inductor.
+
+    The graph is retraced with ``make_fx`` over fake copies of `example_args` (static shapes,
+    their strides) under inductor's decomposition table (``select_decomp_table``), then compiled
+    by ``compile_fx_inner`` (C++/OpenMP on CPU, Triton on CUDA; FX graph cache on disk). The
+    result takes its inputs as one list which it clears (boxed calling convention: inputs are
+    freed at their last use) and returns the outputs in order."""
+    from torch._guards import TracingContext, tracing
+    from torch._inductor.compile_fx import compile_fx_inner
+    from torch._inductor.decomposition import select_decomp_table
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fake = [
+        mode.from_tensor(a, static_shapes=True) if isinstance(a, torch.Tensor) else a
+        for a in example_args
+    ]
+    with mode:
+        gm = make_fx(fn, decomposition_table=select_decomp_table())(*fake)
+    with tracing(TracingContext(mode)):
+        return compile_fx_inner(gm, fake)
 def active_checkpoint_region() -> int | None:
     """An id of the ``torch.utils.checkpoint`` (non-reentrant) region the current code runs
     in, or None. Non-reentrant checkpoint pushes saved-tensor hooks whose pack hook is a

@@ -21,6 +21,7 @@ from torch import nn
 
 from tfcompile import _torch_compat as compat
 from tfcompile import adapters, schedules, validate
+from tfcompile.compile_backend import make_backend
 from tfcompile.errors import RuntimeConfigError, TraceError
 from tfcompile.freeze.config import FreezeConfig
 from tfcompile.groups import stage_groups
@@ -75,6 +76,7 @@ def compile(  # noqa: A001 - the public name the design asks for
     device: torch.device | str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     recv_lookahead: int | None = None,
+    backend="eager",
     activation_checkpointing: str = "none",
     mixed_precision: str | None = None,
     dp: int | None = None,
@@ -90,6 +92,9 @@ def compile(  # noqa: A001 - the public name the design asks for
     ones (a boolean mask, position ids) included: those get no gradient. `schedule` (a name,
     a torch-format CSV path or a Schedule) may be given by position, as in
     ``compile(model, "1F1B", ...)``; every parameter after it is keyword-only.
+    `backend` runs each stage's graphs: ``"eager"``, ``"inductor"`` (every graph compiled by
+    inductor on first use; see ``tfcompile.compile_backend``) or an ``InductorBackend``
+    (``cuda_graphs=True``); ``pipe.stage_programs[s].compile_seconds`` is the time spent.
     `activation_checkpointing` ("none", "full", "selective") chooses which forward values each
     stage saves for its backward (see ``tfcompile/passes/checkpointing.py``).
     ``mixed_precision="bf16"``: float32 parameters and .grad, bfloat16 autocast traced into
@@ -134,6 +139,7 @@ def compile(  # noqa: A001 - the public name the design asks for
         dp=dp, mesh=mesh,
     )  # fmt: skip
     try:
+        make_backend(backend, device=proc.device)  # refuse a bad backend before tracing
         sched = schedules.resolve(
             schedule, stages=stages, microbatches=microbatches, ranks=proc.ranks
         )
@@ -156,6 +162,7 @@ def compile(  # noqa: A001 - the public name the design asks for
                 loss_fn=loss_fn, example_target=example_target, groups=groups,
                 device=proc.device, forward_only=forward_only,
                 activation_checkpointing=activation_checkpointing, mixed_precision=precision,
+                backend=backend,
             )  # fmt: skip
         tied: list = []
         if proc.distributed:
@@ -307,6 +314,7 @@ def _trace_local_stages(
     groups,
     device: torch.device,
     forward_only: frozenset[int] = frozenset(),
+    backend="eager",
     activation_checkpointing: str = "none",
     mixed_precision: str = "fp32",
 ) -> tuple[dict, torch.dtype]:
@@ -340,6 +348,7 @@ def _trace_local_stages(
                 loss_fn=loss_fn if last else None,
                 example_target=_to(example_target, device) if last else None,
                 groups=stage_groups(groups, spec, model_names),
+                backend=make_backend(backend, device=device, stage=f"stage {s}"),
                 activation_checkpointing=activation_checkpointing,
                 mixed_precision=mixed_precision,
             )

@@ -297,6 +297,11 @@ class StageProgram:
         self.backward_weight(mb, frozen=frozen)
         return grads
 
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds the backend spent compiling this program's graphs so far (0 for eager)."""
+        return float(getattr(self.backend, "compile_seconds", 0.0))
+
     def precompile(self) -> StageProgram:
         """Build every backward_input variant (and its backend callable) now; they are otherwise
         built on first use, which would slow the first steps. Returns self."""

@@ -46,7 +46,7 @@ from tfcompile.passes.flops import graph_flops
 from tfcompile.passes.roles import OUTPUT_GROUPS, OUTPUT_ROLES, ROLE, output_node
 from tfcompile.passes.split_weight_grad import INPUT, split_weight_grad
 from tfcompile.precision import check_precision, eager_probe, mixed_stage_fn
-from tfcompile.program import StageProgram, TracedStage, autocast_state, training_flags
+from tfcompile.program import Backend, StageProgram, TracedStage, autocast_state, training_flags
 from tfcompile.split import as_stage_blocks
 from tfcompile.tensor_spec import TensorSpec
 
@@ -63,6 +63,7 @@ def trace_stage(
     groups: GroupChoice = "block",
     input_requires_grad: Sequence[bool] | None = None,
     forward_only: bool = False,
+    backend: str | Backend = "eager",
     activation_checkpointing: str = "none",
     mixed_precision: str | None = None,
 ) -> StageProgram:
@@ -94,7 +95,13 @@ def trace_stage(
     module are recomputed under every policy. ``mixed_precision="bf16"`` traces the stage under
     bfloat16 autocast with float32 parameters and bfloat16 activations at the stage boundary
     (see ``tfcompile/precision.py``).
+
+    ``backend`` runs the graphs: ``"eager"`` (op by op), ``"inductor"`` (each graph compiled
+    by inductor on first use; see ``tfcompile.compile_backend``), or a Backend instance
+    (``InductorBackend(cuda_graphs=True)``). Unknown names raise RuntimeConfigError.
     """
+    from tfcompile.compile_backend import make_backend
+
     precision = check_precision(mixed_precision)
     ac_policy = checkpointing.check_policy(activation_checkpointing)
     call = as_stage_blocks(module)  # same children and parameter names as `module`
@@ -104,6 +111,9 @@ def trace_stage(
     check_plain_tensor_attributes(module, loss_fn)
     params = dict(module.named_parameters())
     buffers = dict(module.named_buffers())
+    first = next(iter(params.values()), inputs[0] if inputs else None)
+    device = getattr(first, "device", None)
+    runner = make_backend(backend, device=device, stage=type(module).__name__)
     is_loss = loss_fn is not None
     probe_inputs, probe_ctx = eager_probe(precision, inputs)
     with _rng_kept(), _module_state_kept(module), probe_ctx:
@@ -151,7 +161,8 @@ def trace_stage(
                     module, fw_gm, eager_out, is_loss, probed, params, buffers, inputs, needs_grad
                 ),
                 **fixed,
-            )
+            ),
+            backend=runner,
         )
 
     outs = _map_outputs(
@@ -199,7 +210,7 @@ def trace_stage(
         activation_checkpointing=ac_policy,
         **fixed,
     )
-    return StageProgram(traced)
+    return StageProgram(traced, backend=runner)
 
 
 def _forward_only_stage(

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 def test_bench_runtime_quick_writes_results(tmp_path):
     out = tmp_path / "bench_runtime.json"
     result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--timeout", "280"],
+        [sys.executable, str(SCRIPT), "--quick", "--no-compiled", "--out", str(out),
+         "--timeout", "280"],
         capture_output=True,
         text=True,
         timeout=300,

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tfcompile.compile_backend import BACKENDS
 from tfcompile.errors import RuntimeConfigError
 from tfcompile.freeze.config import (
     DEFAULT_REPLAN_EVERY,
@@ -81,6 +82,11 @@ class RunConfig:
     stages: int | None = _opt(None, "pipeline stages (default: the schedule's for the ranks)")
     microbatches: int = _opt(4, "microbatches per step")
     batch: int = _opt(16, "sequences per step (split into the microbatches)")
+    backend: str = _opt(
+        "eager",
+        "how stage graphs run: eager (op by op) or inductor (compiled on first use, cached)",
+        choices=BACKENDS,
+    )
     activation_checkpointing: str = _opt(
         "none", "forward values the backward recomputes: none, full (block inputs kept), "
         "selective (matmul outputs kept)", choices=("none", "full", "selective"),
@@ -328,6 +334,7 @@ def build_pipeline(config: RunConfig, world: int):
         example_target=example,
         freeze=config.freeze_config(),
         ranks=config.ranks if world == 1 else None,
+        backend=config.backend,
         activation_checkpointing=config.activation_checkpointing,
         mixed_precision=config.mixed_precision,
         dp=config.dp if config.dp > 1 else None,

@@ -63,6 +63,7 @@ def run(
     fail_rank: int | None,
     tied: bool = False,
     mismatch: bool = False,
+    backend: str = "eager",
 ):
     world = int(os.environ["WORLD_SIZE"])
     stages = world * stages_per_rank(schedule)
@@ -80,6 +81,7 @@ def run(
         example_inputs=(example,),
         loss_fn=loss_fn,
         example_target=example,
+        backend=backend,
     )
     frozen = {}
     frozen_params_of_mb: dict[int, set[str]] = {}
@@ -150,6 +152,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=60)
     parser.add_argument("--tied", action="store_true", help="tie embedding and LM head")
     parser.add_argument("--mismatch", action="store_true", help="rank 1 differs in config")
+    parser.add_argument("--backend", default="eager", help="eager or inductor")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -166,6 +169,7 @@ def main() -> None:
                 args.fail_rank,
                 args.tied,
                 args.mismatch,
+                args.backend,
             )
     except tfcompile.TFCompileError as exc:
         print(f"rank {rank} raised {type(exc).__name__}: {exc}", flush=True)

@@ -1,0 +1,401 @@
+"""The GPU check: one command that measures tfcompile on one CUDA device (CPU with --small).
+
+    python benchmarks/gpu_check.py                       # one GPU, about 5 minutes on an H200
+    python benchmarks/gpu_check.py --device cpu --small  # the same sections, tiny sizes
+
+Sections (each a function returning table rows, registered in ``SECTIONS``):
+
+- ``exactness``: stage-compiler gradients (eager and inductor backends) against eager autograd
+  on a deep copy, fp32 (TF32 off) and bf16, a LLaMA block stage and a loss stage;
+- ``backward``: forward+backward of a 4-block LLaMA stage, eager autograd vs tfcompile (eager
+  backend) vs tfcompile+inductor, nothing frozen and 25/50/75/100% of the weight-gradient
+  FLOPs frozen; median ms, ratio to eager autograd, peak memory (CUDA allocator);
+- ``pipeline``: a single-process pipeline (every stage on the one device, 2 pipeline ranks),
+  1F1B and ZBV, eager and inductor backends, TimelyFreeze run to its steady phase: measured
+  step time (median of the steady steps; CUDA-event action timers) vs the planner's prediction
+  from the measured profile, tokens/s, compile and first-step time;
+- ``cuda_graphs``: the backward section's stage with ``InductorBackend(cuda_graphs=True)`` vs
+  plain inductor (CUDA only; a skip row elsewhere).
+
+Another section registers with one line, ``SECTIONS.append(Section("name", fn))``, where
+``fn(ctx) -> list[dict]``; its rows land in the JSON under its name and in the printed table.
+Writes one JSON (``--out``, default benchmarks/results/gpu_check.json) and prints one table.
+Never asserts on time; a section that raises is recorded as an error row and the rest run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results" / "gpu_check.json"
+BACKENDS = ("eager", "inductor")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Model and run sizes of one check (``FULL`` on a GPU, ``SMALL`` on CPU)."""
+
+    dim: int
+    heads: int
+    kv_heads: int
+    seq: int
+    microbatch: int  # sequences per microbatch
+    stage_blocks: int  # blocks of the backward section's stage
+    layers: int  # pipeline model
+    microbatches: int
+    phase_steps: int  # freezing: warm-up, each monitoring window and ramp, in steps
+    steady_steps: int
+    reps: int  # backward section repetitions
+
+
+FULL = Sizes(dim=1024, heads=16, kv_heads=8, seq=512, microbatch=4, stage_blocks=4, layers=8,
+             microbatches=8, phase_steps=3, steady_steps=6, reps=10)  # fmt: skip
+SMALL = Sizes(dim=32, heads=4, kv_heads=2, seq=16, microbatch=2, stage_blocks=2, layers=4,
+              microbatches=4, phase_steps=1, steady_steps=2, reps=2)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Context:
+    device: torch.device
+    sizes: Sizes
+    backends: tuple[str, ...]
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    run: Callable[[Context], list[dict]]
+
+
+def _llama_config(s: Sizes, layers: int):
+    from tfcompile.models.llama import LlamaConfig
+
+    return LlamaConfig(vocab_size=256, dim=s.dim, n_layers=layers, n_heads=s.heads,
+                       n_kv_heads=s.kv_heads, max_seq_len=s.seq)  # fmt: skip
+
+
+class Blocks(nn.Module):
+    """A middle pipeline stage: LLaMA blocks, an activation in and out."""
+
+    def __init__(self, cfg, n: int):
+        super().__init__()
+        from tfcompile.models.llama import LlamaBlock
+
+        self.layers = nn.ModuleList(LlamaBlock(cfg) for _ in range(n))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def lm_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits.flatten(0, -2).float(), target.flatten())
+
+
+def _timed(ctx: Context, fn: Callable[[], object]) -> float:
+    """Seconds of one call (CUDA: synchronised before and after)."""
+    ctx.sync()
+    t0 = time.perf_counter()
+    fn()
+    ctx.sync()
+    return time.perf_counter() - t0
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+# -- (a) exactness ---------------------------------------------------------------------------
+def exactness(ctx: Context) -> list[dict]:
+    import tfcompile
+    from tfcompile.models.llama import Llama
+
+    s, dev = ctx.sizes, ctx.device
+    rows = []
+    for dtype, tol in ((torch.float32, 1e-4), (torch.bfloat16, 5e-2)):
+        for case in ("llama_blocks", "llama_loss_stage"):
+            torch.manual_seed(0)
+            if case == "llama_blocks":
+                module = Blocks(_llama_config(s, 2), 2)
+                x = torch.randn(s.microbatch, s.seq, s.dim, device=dev, dtype=dtype)
+                inputs, target, loss_fn = (x.requires_grad_(),), None, None
+            else:
+                module = Llama(_llama_config(s, 2))
+                x = torch.randint(0, 256, (s.microbatch, s.seq), device=dev)
+                target = torch.randint(0, 256, (s.microbatch, s.seq), device=dev)
+                inputs, loss_fn = (x,), lm_loss
+            module = module.to(device=dev, dtype=dtype)
+            ref = copy.deepcopy(module)
+            out = ref(*inputs)
+            loss = loss_fn(out, target) if loss_fn else out.float().square().mean()
+            loss.backward()
+            grad_out = None if loss_fn else (2 * out.detach().float() / out.numel()).to(dtype)
+            for backend in ctx.backends:
+                mod = copy.deepcopy(module)
+                prog = tfcompile.trace_stage(mod, inputs, loss_fn=loss_fn, example_target=target,
+                                             backend=backend)  # fmt: skip
+                prog.forward(0, *inputs, target=target)
+                grads = prog.backward(0, *(() if loss_fn else (grad_out,)))
+                refs = dict(ref.named_parameters())
+                err = max(_rel_err(p.grad, refs[n].grad) for n, p in mod.named_parameters())
+                if not loss_fn:
+                    err = max(err, _rel_err(grads[0], inputs[0].grad))
+                rows.append({"case": case, "dtype": str(dtype).replace("torch.", ""),
+                             "backend": backend, "max_rel_err": err, "tol": tol,
+                             "passed": err <= tol,
+                             "compile_s": round(prog.compile_seconds, 2)})  # fmt: skip
+    return rows
+
+
+# -- (b) backward benchmark ------------------------------------------------------------------
+def backward(ctx: Context) -> list[dict]:
+    import tfcompile
+
+    s, dev = ctx.sizes, ctx.device
+    torch.manual_seed(0)
+    module = Blocks(_llama_config(s, s.stage_blocks), s.stage_blocks).to(dev)
+    x = torch.randn(s.microbatch, s.seq, s.dim, device=dev, requires_grad=True)
+    dy = torch.randn(s.microbatch, s.seq, s.dim, device=dev)
+    programs = {b: tfcompile.trace_stage(copy.deepcopy(module), (x,), backend=b)
+                for b in ctx.backends}  # fmt: skip
+    prog0 = programs["eager"]
+    total = sum(prog0.region_flops.values())
+    fractions = (0.0, 0.25, 0.5, 0.75, 1.0)
+    frozen_of = {}
+    for f in fractions:  # groups front to back until their FLOP share reaches f
+        chosen, acc = [], 0
+        for g in prog0.group_order:
+            if acc >= f * total - 1e-9 * total:
+                break
+            chosen.append(g)
+            acc += prog0.region_flops[g]
+        frozen_of[f] = (frozenset(chosen), acc / total)
+
+    def eager_fb():
+        y = module(x)
+        y.backward(dy)
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+
+    def ours_fb(prog, frozen):
+        prog.forward(0, x)
+        prog.backward(0, dy, frozen=frozen)
+        prog.module.zero_grad(set_to_none=True)
+
+    configs: dict[str, tuple[Callable[[], object], str, float]] = {
+        "eager autograd": (eager_fb, "-", 0.0)
+    }
+    for backend, prog in programs.items():
+        for f, (frozen, share) in frozen_of.items():
+            label = f"tfcompile[{backend}] {int(100 * f)}% frozen"
+            configs[label] = (lambda p=prog, fz=frozen: ours_fb(p, fz), backend, share)
+    first_s = {}
+    for name, (fn, _, _) in configs.items():  # first call (compiles), then one warm-up
+        first_s[name] = _timed(ctx, fn)
+        fn()
+    samples: dict[str, list[float]] = {k: [] for k in configs}
+    for _ in range(s.reps):  # round-robin, so machine noise hits every configuration
+        for name, (fn, _, _) in configs.items():
+            samples[name].append(_timed(ctx, fn))
+    med = {k: statistics.median(v) for k, v in samples.items()}
+    rows = []
+    for name, (fn, backend, share) in configs.items():
+        peak = None
+        if ctx.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(ctx.device)
+            base = torch.cuda.memory_allocated(ctx.device)
+            fn()
+            ctx.sync()
+            peak = (torch.cuda.max_memory_allocated(ctx.device) - base) / 2**20
+        unfrozen = med.get(f"tfcompile[{backend}] 0% frozen", med[name])
+        rows.append({
+            "config": name, "frozen_flop_share": round(share, 3),
+            "median_ms": 1e3 * med[name], "vs_eager_autograd": med[name] / med["eager autograd"],
+            "saved_vs_unfrozen": 1 - med[name] / unfrozen if backend != "-" else None,
+            "first_call_ms": 1e3 * first_s[name], "peak_mib": peak,
+            "compile_s": round(programs[backend].compile_seconds, 2) if backend != "-" else 0.0,
+        })  # fmt: skip
+    return rows
+
+
+# -- (c) single-process pipeline -------------------------------------------------------------
+def pipeline(ctx: Context) -> list[dict]:
+    import tfcompile
+    from tfcompile.models.llama import Llama
+    from tfcompile.schedules.simulate import simulate
+
+    s, dev = ctx.sizes, ctx.device
+    rows = []
+    steps = s.phase_steps * 4 + s.steady_steps
+    freeze = tfcompile.FreezeConfig(policy="timely", warmup_steps=s.phase_steps,
+                                    monitor_steps=s.phase_steps, ramp_steps=s.phase_steps,
+                                    check_every=s.phase_steps, total_steps=steps)  # fmt: skip
+    gen = torch.Generator().manual_seed(1)
+    batch = s.microbatch * s.microbatches
+    data = [torch.randint(0, 256, (batch, s.seq + 1), generator=gen).to(dev) for _ in range(4)]
+    for schedule in ("1F1B", "ZBV"):
+        for backend in ctx.backends:
+            torch.manual_seed(0)
+            model = Llama(_llama_config(s, s.layers))
+            example = torch.zeros(s.microbatch, s.seq, dtype=torch.long)
+            t0 = time.perf_counter()
+            pipe = tfcompile.compile(model, schedule, ranks=2, microbatches=s.microbatches,
+                                     example_inputs=(example,), loss_fn=lm_loss,
+                                     example_target=example, device=dev, freeze=freeze,
+                                     backend=backend)  # fmt: skip
+            trace_s = time.perf_counter() - t0
+            times, phases = [], []
+            for i in range(steps):
+                x = data[i % len(data)]
+                times.append(_timed(ctx, lambda x=x, pipe=pipe: pipe.step(x[:, :-1], x[:, 1:])))
+                phases.append(pipe.freezer.phase)
+                for p in pipe.parameters():
+                    p.grad = None
+            steady = [t for t, ph in zip(times, phases) if ph == "steady"] or times[-2:]
+            measured = statistics.median(steady)
+            profile = pipe.measured_profile(window=len(steady))
+            predicted = simulate(pipe.schedule, profile).makespan / 1e3
+            compile_s = sum(p.compile_seconds for p in pipe.stage_programs.values())
+            rows.append({
+                "schedule": schedule, "backend": backend, "trace_s": round(trace_s, 2),
+                "compile_s": round(compile_s, 2), "first_step_s": times[0],
+                "steady_step_ms": 1e3 * measured, "predicted_ms": 1e3 * predicted,
+                "prediction_err_pct": 100 * (predicted - measured) / measured,
+                "tokens_per_s": batch * s.seq / measured, "final_phase": phases[-1],
+                "steady_steps": len(steady),
+                "freeze_ratio": statistics.fmean(pipe.freezer.actual_ratios.values() or [0.0]),
+            })  # fmt: skip
+            pipe.close()
+    return rows
+
+
+# -- CUDA graphs: compiled regions replayed as CUDA graphs vs plain inductor -------------------
+def cuda_graphs(ctx: Context) -> list[dict]:
+    """Forward+backward of the backward section's stage with ``InductorBackend(cuda_graphs=
+    True)`` against plain inductor: median ms and the largest gradient difference. The
+    default of ``cuda_graphs`` is to be decided by this row (CUDA only; a skip row on CPU)."""
+    import tfcompile
+    from tfcompile.compile_backend import InductorBackend
+
+    if ctx.device.type != "cuda":
+        return [{"config": "cuda_graphs", "skipped": "CUDA only"}]
+    s, dev = ctx.sizes, ctx.device
+    torch.manual_seed(0)
+    module = Blocks(_llama_config(s, s.stage_blocks), s.stage_blocks).to(dev)
+    x = torch.randn(s.microbatch, s.seq, s.dim, device=dev, requires_grad=True)
+    dy = torch.randn(s.microbatch, s.seq, s.dim, device=dev)
+    runs = {}
+    variants = {"inductor": "inductor", "inductor+cuda_graphs": InductorBackend(cuda_graphs=True)}
+    for label, backend in variants.items():
+        mod = copy.deepcopy(module)
+        prog = tfcompile.trace_stage(mod, (x,), backend=backend)
+
+        def fb(prog=prog, mod=mod):
+            mod.zero_grad(set_to_none=True)
+            prog.forward(0, x)
+            prog.backward(0, dy)
+
+        first = _timed(ctx, fb)
+        fb()
+        times = [_timed(ctx, fb) for _ in range(s.reps)]
+        runs[label] = (statistics.median(times), first, mod, prog.compile_seconds)
+    base_ms = runs["inductor"][0]
+    ref = dict(runs["inductor"][2].named_parameters())
+    rows = []
+    for label, (med, first, mod, compile_s) in runs.items():
+        err = max(_rel_err(p.grad, ref[n].grad) for n, p in mod.named_parameters())
+        rows.append({"config": label, "median_ms": 1e3 * med, "vs_inductor": med / base_ms,
+                     "first_call_ms": 1e3 * first, "compile_s": round(compile_s, 2),
+                     "max_rel_err_vs_inductor": err})  # fmt: skip
+    return rows
+
+
+SECTIONS: list[Section] = [
+    Section("exactness", exactness),
+    Section("backward", backward),
+    Section("cuda_graphs", cuda_graphs),
+    Section("pipeline", pipeline),
+]
+
+
+def _print_table(results: dict) -> None:
+    for name, rows in results["sections"].items():
+        print(f"\n== {name}")
+        if not rows:
+            continue
+        keys = list(rows[0])
+        print("  ".join(f"{k:>14s}" for k in keys))
+        for r in rows:
+            cells = []
+            for k in keys:
+                v = r.get(k)
+                cells.append(f"{v:>14.4g}" if isinstance(v, float) else f"{str(v):>14s}")
+            print("  ".join(cells))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    p.add_argument("--small", action="store_true", help="tiny sizes (CPU: about a minute)")
+    p.add_argument("--sections", default=None, help="comma-separated subset of the sections")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="eager,inductor or one")
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            print("gpu_check: no CUDA device; run with --device cpu --small", file=sys.stderr)
+            return 2
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 exactness means fp32 matmuls
+        torch.backends.cudnn.allow_tf32 = False
+    ctx = Context(device, SMALL if args.small else FULL, tuple(args.backends.split(",")))
+    wanted = set(args.sections.split(",")) if args.sections else None
+    results = {
+        "config": {"device": str(device), "torch": torch.__version__, "sizes": vars(ctx.sizes),
+                   "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                   "backends": ctx.backends},  # fmt: skip
+        "sections": {},
+        "seconds": {},
+    }
+    for section in SECTIONS:
+        if wanted is not None and section.name not in wanted:
+            continue
+        t0 = time.perf_counter()
+        print(f"[gpu_check {time.strftime('%H:%M:%S')}] {section.name}", flush=True)
+        try:
+            results["sections"][section.name] = section.run(ctx)
+        except Exception as exc:  # noqa: BLE001 - recorded, the other sections still run
+            results["sections"][section.name] = [
+                {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-1500:]}
+            ]
+        results["seconds"][section.name] = round(time.perf_counter() - t0, 1)
+    _print_table(results)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1, default=str))
+    print(f"\nresults: {out}")
+    failed = [n for n, rows in results["sections"].items() if any("error" in r for r in rows)]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
