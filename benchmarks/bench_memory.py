@@ -272,6 +272,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads (1: stable medians on a shared machine)")
     ap.add_argument("--microbatches", type=int, default=4, help="for the 2-rank peer run")
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--quick", action="store_true", help="small sizes, few reps (smoke run)")
@@ -286,6 +288,7 @@ def main(argv=None):
     if args.quick:
         args.dim, args.seq, args.reps, args.batch, args.blocks = 64, 32, 3, 2, 4
     device = torch.device("cpu")
+    torch.set_num_threads(args.threads)
     cfg = LlamaConfig(vocab_size=1024, dim=args.dim, n_layers=args.blocks, n_heads=8,
                       n_kv_heads=4, max_seq_len=max(128, args.seq))  # fmt: skip
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, LLaMA stage of "

@@ -14,6 +14,8 @@ Sections (each a function returning table rows, registered in ``SECTIONS``):
   1F1B and ZBV, eager and inductor backends, TimelyFreeze run to its steady phase: measured
   step time (median of the steady steps; CUDA-event action timers) vs the planner's prediction
   from the measured profile, tokens/s, compile and first-step time;
+- ``memory``: activation checkpointing none/full/selective (fp32) and bf16 rows of a LLaMA
+  stage (bytes kept for the backward, step time; ``bench_memory.gpu_check_section``);
 - ``cuda_graphs``: the backward section's stage with ``InductorBackend(cuda_graphs=True)`` vs
   plain inductor (CUDA only; a skip row elsewhere).
 
@@ -329,11 +331,22 @@ def cuda_graphs(ctx: Context) -> list[dict]:
     return rows
 
 
+def memory(ctx: Context) -> list[dict]:
+    """Activation checkpointing (none/full/selective) and bf16 rows of a LLaMA stage: bytes kept
+    for the backward and step time, from ``benchmarks/bench_memory.py``."""
+    if str(HERE.parent) not in sys.path:  # run as a script: the repository root is not on it
+        sys.path.insert(0, str(HERE.parent))
+    from benchmarks.bench_memory import gpu_check_section
+
+    return gpu_check_section(str(ctx.device), small=ctx.sizes is SMALL)
+
+
 SECTIONS: list[Section] = [
     Section("exactness", exactness),
     Section("backward", backward),
     Section("cuda_graphs", cuda_graphs),
     Section("pipeline", pipeline),
+    Section("memory", memory),
 ]
 
 
