@@ -269,4 +269,5 @@ ZOO: dict[str, Callable[[], ZooCase]] = {
     "timm_convnextv2": _image("timm_convnextv2", timm_convnextv2, 18, size=32, timm=True),
     # 64x64: timm's ResNet has four stride-2 layers; 2x2 values per channel at the last BatchNorm
     "timm_resnet_bn": _image("timm_resnet_bn", timm_resnet, 19, size=64, timm=True),
+    "lora_timm_vit": _image("lora_timm_vit", lora(timm_vit, ["qkv", "fc1"]), 20, timm=True),
 }
