@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_PIN)"
-	echo "$(TORCH_PIN)" > $(VENV)/constraints.txt  # the dev extras (transformers, peft) keep this torch
+	echo "$(TORCH_PIN)" > $(VENV)/constraints.txt  # the dev extras (transformers, peft, timm) keep this torch
 	$(BIN)/python -m pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
 	@command -v dot >/dev/null || (command -v apt-get >/dev/null && (apt-get update -qq && apt-get install -y -qq graphviz >/dev/null) || echo "graphviz 'dot' not installed: SVG rendering will be skipped")
 	touch $(STAMP)

@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
-import torch
-import transformers
+# the dev extras' torchvision (timm's) may not load beside the CPU torch, and transformers
+# imports it: tests/zoo/timm_compat.py makes that import work (see its docstring)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "zoo"))
+import timm_compat  # noqa: E402,F401,I001 - before transformers
 
-import tfcompile
-from tfcompile.datasets import stdlib_corpus
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+import tfcompile  # noqa: E402
+from tfcompile.datasets import stdlib_corpus  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -44,6 +44,34 @@ def test_a_library_model_without_adapter_is_refused_naming_class_and_adapter():
                           loss_fn=lambda o, y: o.sum(), example_target=torch.zeros(2))
 
 
+def test_a_timm_model_of_no_known_family_is_refused_naming_class_and_adapter():
+    import timm
+
+    model = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=16,
+                              patch_size=4, depth=1, embed_dim=32, num_heads=2, num_classes=3)
+    with pytest.raises(RuntimeConfigError,
+                       match=r"VisionTransformerDistilled \(timm.*no tfcompile adapter.*adapters"):
+        find_adapter(model)
+
+
+def test_timm_vit_with_dynamic_image_size_is_refused():
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16,
+                              patch_size=4, depth=1, embed_dim=32, num_heads=2,
+                              dynamic_img_size=True)
+    with pytest.raises(RuntimeConfigError, match="dynamic_img_size"):
+        find_adapter(model)
+
+
+def test_timm_block_names_are_the_models_own():
+    for name in ("timm_vit", "timm_convnext", "timm_resnet_bn"):
+        model = ZOO[name]().model
+        names = [n for n, _ in find_adapter(model).blocks(model)]
+        assert set(names) <= {n for n, _ in model.named_modules()}, names
+    assert names == ["conv1", "layer1.0", "layer2.0", "layer3.0", "layer4.0", "fc"]
+
+
 def test_cross_attention_is_refused():
     cfg = gpt2().config
     cfg.add_cross_attention = True

@@ -1,6 +1,7 @@
-"""The conformance zoo (issue 12): transformers and PEFT models through trace_stage and
+"""The conformance zoo (issue 12): transformers, timm and PEFT models through trace_stage and
 compile() unchanged, in one process. Every expected value is eager training of a deep copy
-with the model library's own loss (``model(ids, labels=...).loss``)."""
+with the model library's own loss (``model(ids, labels=...).loss``; timm: cross entropy of
+``model(images)``)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def test_whole_model_traces_as_one_loss_stage(name):
 
 # 4 stages for one model per family in the fast suite; the rest run with the slow tests (CI)
 FOUR_STAGES_FAST = {"llama_tied", "mistral_window", "gpt2", "bert", "lora_llama", "vit",
-                    "resnet_bn"}
+                    "resnet_bn", "timm_resnet_bn"}
 CASES = [(n, 2) for n in NAMES] + [
     pytest.param(n, 4, marks=() if n in FOUR_STAGES_FAST else pytest.mark.slow) for n in NAMES
 ]
@@ -99,11 +100,12 @@ def test_compile_trains_like_eager(name, stages):
             assert p.grad is None, n
 
 
-def test_batchnorm_model_trains_and_evaluates_like_eager():
-    """ResNet (BatchNorm): after two training steps the running statistics equal eager's
-    (checked above for every model); in eval mode ``Pipeline.evaluate`` uses them, as eager
-    eval does, and leaves them unchanged."""
-    case = ZOO["resnet_bn"]()
+@pytest.mark.parametrize("name", ["resnet_bn", "timm_resnet_bn"])
+def test_batchnorm_model_trains_and_evaluates_like_eager(name):
+    """ResNet (BatchNorm; transformers' and timm's): after two training steps the running
+    statistics equal eager's (checked above for every model); in eval mode
+    ``Pipeline.evaluate`` uses them, as eager eval does, and leaves them unchanged."""
+    case = ZOO[name]()
     pipe = compile_case(case, 2)
     _, _, ref, _ = train_two_steps(case, pipe, pipe.schedule.num_microbatches)
     case.model.eval()
@@ -111,7 +113,7 @@ def test_batchnorm_model_trains_and_evaluates_like_eager():
     stats = {n: b.clone() for n, b in case.model.named_buffers()}
     loss, logits = pipe.evaluate(case.inputs, case.targets, return_outputs=True)
     with torch.no_grad():
-        want = ref(pixel_values=case.inputs).logits
+        want = case.eager_logits(ref, case.inputs)
     torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-6)
     for n, b in case.model.named_buffers():
         assert torch.equal(b, stats[n]), f"evaluation changed {n}"

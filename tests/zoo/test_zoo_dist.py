@@ -1,6 +1,7 @@
 """A subset of the zoo under torchrun, 2 ranks (gloo): the tied input/output embedding of
 GPT-2 and of a tie_word_embeddings Llama lives on both ranks, a LoRA model's frozen base
-weights, a BERT classifier, a BatchNorm ResNet (running statistics too). Two AdamW steps
+weights, a BERT classifier, a BatchNorm ResNet (running statistics too), a timm ViT (its
+class token and position embeddings are parameters of the model itself). Two AdamW steps
 equal eager training on every rank."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).parent / "zoo_worker.py"
-CASES = ("llama_tied", "gpt2", "lora_llama", "bert", "resnet_bn")
+CASES = ("llama_tied", "gpt2", "lora_llama", "bert", "resnet_bn", "timm_vit")
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,7 @@
 """The conformance zoo: tiny models of every adapted family, built from config objects (no
 download), dropout off, with a batch and the eager loss each library computes itself.
+timm models are built with ``timm.create_model(name, pretrained=False, ...)``; importing
+``timm_compat`` first lets torchvision (which timm imports) load beside the CPU torch.
 
 ``ZOO[name]()`` -> :class:`ZooCase`. Shared by the in-process tests, the torchrun worker and
 ``benchmarks/bench_zoo.py``.
@@ -10,8 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import timm_compat  # noqa: F401 - before anything imports torchvision (transformers, timm)
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 VOCAB = 61
 SEQ = 8
@@ -28,6 +32,8 @@ class ZooCase:
     inputs: torch.Tensor
     targets: torch.Tensor
     eager_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+    # image classifiers: the logits as the library's forward gives them (evaluation tests)
+    eager_logits: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
 
 
 def _hf_loss(model, x, y):
@@ -164,14 +170,66 @@ def _hf_image_loss(model, x, y):
     return model(pixel_values=x, labels=y).loss
 
 
-def _image(name, build, seed, size=16):
+def _hf_image_logits(model, x):
+    return model(pixel_values=x).logits
+
+
+def timm_vit():
+    import timm
+
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=16,
+                             patch_size=4, depth=2, embed_dim=32, num_heads=2, mlp_ratio=1.5,
+                             num_classes=3, drop_rate=0.0)
+
+
+def timm_vit_reg_gap():
+    """Register tokens, position embeddings added before the prefix, average pooling."""
+    import timm
+
+    return timm.create_model("vit_base_patch16_reg4_gap_256", pretrained=False, img_size=16,
+                             patch_size=4, depth=2, embed_dim=32, num_heads=2, mlp_ratio=1.5,
+                             num_classes=3)
+
+
+def timm_convnext():
+    import timm
+
+    return timm.create_model("convnext_atto", pretrained=False, depths=(1, 1, 1, 1),
+                             dims=(8, 8, 16, 16), num_classes=3, drop_path_rate=0.0)
+
+
+def timm_convnextv2():
+    import timm
+
+    return timm.create_model("convnextv2_atto", pretrained=False, depths=(1, 1, 1, 1),
+                             dims=(8, 8, 16, 16), num_classes=3, drop_path_rate=0.0)
+
+
+def timm_resnet():
+    import timm
+
+    return timm.create_model("resnet18", pretrained=False, layers=(1, 1, 1, 1),
+                             channels=(8, 16, 24, 32), stem_width=8, num_classes=3)
+
+
+def _timm_loss(model, x, y):
+    return F.cross_entropy(model(x), y)
+
+
+def _timm_logits(model, x):
+    return model(x)
+
+
+def _image(name, build, seed, size=16, timm=False):
     def make() -> ZooCase:
         torch.manual_seed(seed)
         model = build()
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(BATCH, 3, size, size, generator=g)
         y = torch.randint(0, 3, (BATCH,), generator=g)
-        return ZooCase(name, model, x, y, _hf_image_loss)
+        if timm:
+            return ZooCase(name, model, x, y, _timm_loss, _timm_logits)
+        return ZooCase(name, model, x, y, _hf_image_loss, _hf_image_logits)
 
     return make
 
@@ -205,4 +263,11 @@ ZOO: dict[str, Callable[[], ZooCase]] = {
     "convnextv2": _image("convnextv2", convnextv2, 13),
     # 32x32: a 1-image microbatch still has 2x2 values per channel at the last BatchNorm
     "resnet_bn": _image("resnet_bn", resnet, 14, size=32),
+    "timm_vit": _image("timm_vit", timm_vit, 15, timm=True),
+    "timm_vit_reg_gap": _image("timm_vit_reg_gap", timm_vit_reg_gap, 16, timm=True),
+    "timm_convnext": _image("timm_convnext", timm_convnext, 17, size=32, timm=True),
+    "timm_convnextv2": _image("timm_convnextv2", timm_convnextv2, 18, size=32, timm=True),
+    # 64x64: timm's ResNet has four stride-2 layers; 2x2 values per channel at the last BatchNorm
+    "timm_resnet_bn": _image("timm_resnet_bn", timm_resnet, 19, size=64, timm=True),
+    "lora_timm_vit": _image("lora_timm_vit", lora(timm_vit, ["qkv", "fc1"]), 20, timm=True),
 }

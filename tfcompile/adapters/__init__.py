@@ -1,5 +1,5 @@
-"""Adapters: models someone else wrote (transformers text and vision models, PEFT) through
-``tfcompile.compile()`` unchanged.
+"""Adapters: models someone else wrote (transformers text and vision models, timm image
+classifiers, PEFT) through ``tfcompile.compile()`` unchanged.
 
 ``find_adapter(model)`` gives the :class:`Adapter` of a known family (its blocks named as in
 the model, its output reduction, default loss and target), None for a model of no known
@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from torch import nn
 
-from tfcompile.adapters import hf_causal_lm, hf_encoder, hf_vision, peft  # noqa: F401 - registers
+from tfcompile.adapters import (  # noqa: F401 - registers
+    hf_causal_lm,
+    hf_encoder,
+    hf_vision,
+    peft,
+    timm_models,
+)
 from tfcompile.adapters.base import Adapter, Blocks, check_composition, run_blocks
 from tfcompile.adapters.registry import (
     find_adapter,
