@@ -240,8 +240,25 @@ class DistTransport:
                 # into again before this send is waited for (finish_step)
                 tensor = tensor.clone()
             tensor = tensor.contiguous()
-            work = dist.isend(tensor, dst=dst_rank, tag=self._tag(key, i))
+            try:
+                work = dist.isend(tensor, dst=dst_rank, tag=self._tag(key, i))
+            except Exception as exc:
+                self._send_failed(key, exc)
             self.sends.append((work, tensor, key))
+
+    def _send_failed(self, key: MessageKey, exc: Exception) -> None:
+        """A send that fails outright (gloo: the peer closed the connection) is a symptom: a
+        peer failed or gave up on this rank (e.g. this rank was stuck past the timeout). Raise
+        the published root cause, waiting briefly for it; else report this rank's view."""
+        message = self.failure.message(wait_s=self.failure.GRACE_S)
+        if message is not None:
+            raise PipelineFailure(f"pipeline step aborted because {message}") from exc
+        failure = PipelineFailure(
+            f"rank {self.rank} could not send {key[0]} of stage {key[1]} microbatch {key[2]} "
+            f"({type(exc).__name__}: {exc}). A peer rank is stuck or dead."
+        )
+        self.failure.report(self.rank, str(failure))
+        raise failure from exc
 
     def take(self, key: MessageKey) -> tuple:
         """The tensors of message `key`. A remote message arrives in a receive buffer that a
@@ -268,7 +285,11 @@ class DistTransport:
         try:
             work.wait(datetime.timedelta(seconds=self.timeout))
         except Exception as exc:
-            message = self.failure.message(wait_s=self.failure.GRACE_S)
+            # a timeout is itself the news (a peer is stuck): publish it at once, unless a
+            # failure is already known; a closed connection is a symptom of a peer's failure,
+            # whose published root cause may take a moment to arrive
+            timed_out = time.perf_counter() - started >= 0.9 * self.timeout
+            message = self.failure.message(wait_s=0.0 if timed_out else self.failure.GRACE_S)
             if message is not None:
                 raise PipelineFailure(f"pipeline step aborted because {message}") from exc
             failure = PipelineFailure(
