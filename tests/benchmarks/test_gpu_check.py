@@ -26,7 +26,7 @@ def test_gpu_check_small_on_cpu(tmp_path, inductor_cache, capsys):
     # would double this test's time
     out, out_pipe = tmp_path / "gpu_check.json", tmp_path / "pipeline.json"
     rc = gpu_check.main(["--device", "cpu", "--small", "--out", str(out),
-                         "--sections", "exactness,backward,cuda_graphs"])  # fmt: skip
+                         "--sections", "exactness,backward,cuda_graphs,memory"])  # fmt: skip
     data = json.loads(out.read_text())
     assert rc == 0, data
     rc = gpu_check.main(["--device", "cpu", "--small", "--sections", "pipeline",
@@ -43,6 +43,12 @@ def test_gpu_check_small_on_cpu(tmp_path, inductor_cache, capsys):
     assert sections["cuda_graphs"] == [{"config": "cuda_graphs", "skipped": "CUDA only"}]
     configs = [r["config"] for r in sections["backward"]]
     assert "eager autograd" in configs and "tfcompile[inductor] 100% frozen" in configs
+    memory = {(r["precision"], r["policy"]): r for r in sections["memory"]}
+    assert set(memory) == {("fp32", "none"), ("fp32", "full"), ("fp32", "selective"),
+                           ("bf16", "none"), ("bf16", "full")}  # fmt: skip
+    # activation checkpointing keeps fewer bytes for the backward than none
+    kept = {k: r["activation_bytes"] for k, r in memory.items()}
+    assert kept[("fp32", "full")] < kept[("fp32", "selective")] < kept[("fp32", "none")]
     pipe_rows = sections["pipeline"]
     assert {(r["schedule"], r["backend"]) for r in pipe_rows} == {
         ("1F1B", "eager"), ("ZBV", "eager")
