@@ -91,7 +91,9 @@ TAG = "[reproduce]"
 # window (w_max, w_min). The paper uses 100-step phases in runs of thousands of steps; here
 # the monitoring windows are kept short because the w_min window freezes everything (no
 # weight learns in it).
-BASE = RunConfig(ranks=2, eval_every=5, val_batches=4, threads=1, no_dumps=True)
+BASE = RunConfig(
+    ranks=2, eval_every=5, val_batches=4, threads=1, no_dumps=True, wmin_microbatches=2
+)
 FULL = replace(
     BASE, dim=128, layers=4, heads=4, kv_heads=2, seq=64, batch=16, microbatches=4, steps=100,
     warmup=10, monitor=4, max_freeze=0.8, lr=1e-3,

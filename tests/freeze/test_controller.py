@@ -493,3 +493,38 @@ def test_with_the_real_planner(name: str) -> None:
     assert freezer.ratios == {k: pytest.approx(plan.ratios.get(k, 0.0)) for k in freezer.ratios}
     frozen_stages = {s for (s, _m) in run.history[-1]}
     assert frozen_stages <= {s for s in range(S) if plan.stage_average()[s] > 0}
+
+
+def test_paired_wmin_window_gives_wmax_of_the_same_steps() -> None:
+    """wmin_microbatches = k < M: the w_min window's unfrozen microbatches give w_max, so a
+    machine that was slower during the w_max window does not inflate W = w_max - w_min (the
+    first cause of plans over-predicting the measured gain)."""
+    planner = FakePlanner()
+    run = Run()
+    freezer = run.freezer(small(wmin_microbatches=2), planner)
+    calls = []
+
+    def measure(window: int, frozen: str | None = None) -> CostProfile:
+        calls.append(frozen)
+        slow = 2.0 if frozen is None else 1.0  # the w_max window ran on a slower machine
+        full = [
+            {"F": F_TIME[s] * slow, "I": FULL[s][0] * slow, "W": FULL[s][1] * slow}
+            for s in range(S)
+        ]
+        if frozen != "paired":
+            return CostProfile(full, 0.25, "ms")
+        all_frozen = [
+            {"F": F_TIME[s], "I": ALL_FROZEN[s][0], "W": ALL_FROZEN[s][1]} for s in range(S)
+        ]
+        unfrozen = CostProfile(full, 0.25).to_dict()
+        return CostProfile(all_frozen, 0.25, "ms", meta={"unfrozen": unfrozen})
+
+    run.measure = measure  # type: ignore[method-assign]
+    advance(freezer, run, 18)
+    assert calls == [None, "paired"]
+    (profile,) = planner.received
+    for s, stage in enumerate(profile.stages):
+        assert stage["F"] == F_TIME[s]
+        assert stage["I"] == pytest.approx(sum(ALL_FROZEN[s]))
+        assert stage["W"] == pytest.approx(max(sum(FULL[s]) - sum(ALL_FROZEN[s]), 0.0))
+    assert freezer.profiles["wmax"].stages[0]["F"] == 2 * F_TIME[0]  # kept for the record

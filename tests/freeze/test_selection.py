@@ -18,6 +18,12 @@ import tfcompile
 from tfcompile import FreezeConfig
 from tfcompile.freeze.controller import Freezer
 from tfcompile.freeze.policies import frozen_fraction, select_by_cost, select_for_stage
+from tfcompile.freeze.policies.selection import (
+    MAX_ENUMERATED_GROUPS,
+    achievable_ratios,
+    groups_with_ratio,
+    snap_to_achievable,
+)
 from tfcompile.models.llama import Llama, LlamaConfig
 
 
@@ -187,3 +193,57 @@ def test_real_plan_respects_the_cap_end_to_end():
         if pipe.freezer.phase in ("ramp", "steady"):
             check_step(pipe, frozen, ran, cap)
     assert pipe.freezer.plan is not None
+
+
+# ----------------------------------------------------------------- whole groups, exactly
+def test_achievable_ratios_are_the_subset_sums():
+    costs = {"a": 1.0, "b": 1.0, "c": 2.0, "zero": 0.0}
+    assert achievable_ratios(list(costs), costs) == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
+    # a truncating stage only reaches its prefixes (zero-cost groups change nothing)
+    assert achievable_ratios(["c", "zero", "a", "b"], costs, prefix=True) == pytest.approx(
+        [0, 0.5, 0.75, 1.0]
+    )
+    many = {f"g{i}": 1.0 + i for i in range(MAX_ENUMERATED_GROUPS + 1)}
+    assert achievable_ratios(list(many), many) is None  # fine enough: continuous
+
+
+def test_snapped_ratios_follow_the_average_and_the_cap():
+    # blocks of one stage of a 4-stage split: the embedding is nearly free, the block is all
+    reachable = [0.0, 0.02, 0.98, 1.0]
+    snapped = snap_to_achievable([0.75] * 4, reachable, cap=0.8)
+    assert all(v in reachable for v in snapped)
+    assert sum(snapped) / 4 <= 0.8 + 1e-12
+    assert sum(snapped) / 4 == pytest.approx(0.75, abs=0.02)
+    assert snap_to_achievable([0.0, 0.6, 0.0], reachable, cap=0.8)[::2] == [0.0, 0.0]
+    # continuous: the targets, clipped by the running cap
+    assert snap_to_achievable([1.0, 1.0], None, cap=0.5) == pytest.approx([1.0, 0.0])
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_each_microbatch_freezes_exactly_its_snapped_ratio(seed):
+    """The decisions run the ratios the prediction simulates: select_for_stage's sets have
+    exactly snap_to_achievable's ratios, whatever the (random) candidate order."""
+    rng = random.Random(seed)
+    groups = [f"g{i}" for i in range(rng.randint(1, 7))]
+    costs = {g: rng.choice([0.0, 1.0, 2.0, rng.uniform(0.1, 5.0)]) for g in groups}
+    costs[groups[0]] = max(costs[groups[0]], 0.5)
+    microbatches = rng.randint(1, 8)
+    cap = rng.uniform(0.2, 1.0)
+    targets = [rng.choice([0.0, 1.0, rng.random()]) for _ in range(microbatches)]
+    prefix = rng.random() < 0.3
+    orders = [groups if prefix else rng.sample(groups, len(groups)) for _ in targets]
+    chosen = select_for_stage(orders, costs, targets, cap, prefix=prefix)
+    expected = snap_to_achievable(targets, achievable_ratios(groups, costs, prefix), cap)
+    achieved = [frozen_fraction(c, costs) for c in chosen]
+    assert achieved == pytest.approx(expected, abs=1e-9)
+    if prefix:  # a frozen prefix of the forward order (zero-cost groups aside)
+        for c in chosen:
+            paid = [g for g in groups if costs[g] > 0]
+            assert [g in c for g in paid] == sorted((g in c for g in paid), reverse=True)
+
+
+def test_groups_with_ratio_prefers_the_order():
+    costs = {"a": 1.0, "b": 1.0, "c": 1.0}
+    assert groups_with_ratio(["c", "b", "a"], costs, 2 / 3) == {"c", "b"}
+    assert groups_with_ratio(["a", "b", "c"], costs, 2 / 3) == {"a", "b"}
+    assert groups_with_ratio(["a", "b", "c"], costs, 0.5) is None

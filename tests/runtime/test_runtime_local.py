@@ -247,6 +247,16 @@ def test_wmin_measured_on_a_few_all_frozen_microbatches():
     for full, frozen in zip(wmax.stages, wmin.stages):
         assert frozen["W"] < 0.5 * full["W"]  # no weight-gradient region ran in those parts
     assert pipe.freezer.plan is not None
+    # w_max of the plan: the unfrozen microbatches of the same steps (paired measurement)
+    paired, planned = pipe.freezer.profiles["wmax_paired"], pipe.freezer.profiles["planned"]
+    assert paired is not None and paired is not wmax
+    for stage, (plan, full, frozen) in enumerate(zip(planned.stages, paired.stages, wmin.stages)):
+        assert plan["F"] == full["F"]
+        if pipe.truncates_backward(stage):  # token ids, groups in any order: W regions only
+            assert (plan["I"], plan["W"]) == (full["I"], full["W"])
+            continue
+        both = full["I"] + full["W"] - frozen["I"] - frozen["W"]
+        assert plan["W"] == pytest.approx(max(both, 0.0))
 
 
 class Stage0Bottleneck:

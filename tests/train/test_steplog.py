@@ -106,3 +106,23 @@ def test_plots_are_written(tmp_path: Path) -> None:
     both = plot_logs(logs, tmp_path / "plots", labels=["timely", "none"])
     for png in [*single, *both]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tensorboard_gets_loss_throughput_and_every_stage_ratio(tmp_path: Path) -> None:
+    """With tensorboard installed (a dev dependency), each rank's folder holds its scalars."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for rank, stages, losses in ((0, {0: 0.25, 1: 0.5}, None), (1, {2: 0.75}, 1.5)):
+        folder = tmp_path / "tb" / f"rank{rank}"
+        with StepLog(tmp_path / f"steps_rank{rank}.csv", tensorboard_dir=folder) as steplog:
+            for step in range(3):
+                steplog.record(step, step_seconds=0.5, loss=losses, phase="steady", ratios=stages)
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        tags = set(events.Tags()["scalars"])
+        assert {f"freeze_ratio/stage{s}" for s in stages} <= tags
+        assert ("loss" in tags) == (losses is not None)  # only the loss rank logs the loss
+        ratio = events.Scalars(f"freeze_ratio/stage{max(stages)}")
+        assert [e.step for e in ratio] == [0, 1, 2]
+        assert ratio[-1].value == pytest.approx(stages[max(stages)])
+        assert events.Scalars("step_seconds")[0].value == pytest.approx(0.5)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -54,13 +54,21 @@ from tfcompile.freeze.policies import (
     APF,
     AutoFreeze,
     FreezeOut,
+    achievable_ratios,
     frozen_fraction,
     metric_order,
     normalised_costs,
     random_order,
     select_for_stage,
+    snap_to_achievable,
 )
-from tfcompile.freeze.time_model import adopt, drift, planner_profile, refresh_profile
+from tfcompile.freeze.time_model import (
+    adopt,
+    backward_time,
+    drift,
+    planner_profile,
+    refresh_profile,
+)
 from tfcompile.schedules.profile import CostProfile
 
 log = logging.getLogger("tfcompile.freeze")
@@ -70,6 +78,8 @@ STATE_VERSION = 1
 ActionKey = tuple[int, int]
 GroupKey = tuple[int, str]
 Frozen = dict[ActionKey, frozenset[str]]
+#: what planning needs of a stage: group order, W cost per group, freezes a prefix, truncates
+StageShape = tuple[list[str], dict[str, float], bool, bool]
 #: a collective that returns ``value`` from every rank, in rank order
 Gather = Callable[[Any], list[Any]]
 
@@ -105,6 +115,29 @@ class PlanRecord:
     baseline_makespan: float
     status: str = "restored"
     solve_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the plan in force predicts for one pipeline step, in the profile's unit (ms).
+
+    The LP plans continuous ratios, but a stage freezes whole parameter groups: in steady
+    state each action runs the ratio :func:`~tfcompile.freeze.policies.snap_to_achievable`
+    gives (the same rule the decisions follow), so ``achievable`` (the simulated makespan
+    with those ratios) is what the measured steady step is compared with.
+    """
+
+    baseline: float  #: simulated step with nothing frozen
+    planned: float  #: the LP's makespan for its continuous ratios
+    achievable: float  #: simulated step with the ratios the groups reach exactly
+    #: those ratios per (stage, microbatch); a stage whose groups this rank cannot see (no
+    #: gather) keeps the plan's ratios
+    ratios: Mapping[ActionKey, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def gain(self) -> float:
+        """Predicted speedup of the steady state over nothing frozen (baseline / achievable)."""
+        return self.baseline / self.achievable if self.achievable > 0 else 1.0
 
 
 @dataclass
@@ -191,9 +224,15 @@ class Freezer:
         self.profiles: dict[str, CostProfile | None] = {
             "wmax": None,
             "wmin": None,
+            # w_max from the unfrozen microbatches of a paired w_min window (wmin_microbatches)
+            "wmax_paired": None,
             "planned": None,
         }
         self._plan: PlanLike | None = None
+        self._prediction: Prediction | None = None
+        #: every stage's (group order, costs, freezes a prefix, truncates), gathered at the
+        #: first plan
+        self._stage_shapes: dict[int, StageShape] | None = None
         self._reference_makespan: float | None = None
         self.replans = 0
         self._frozen: Frozen = {}
@@ -254,6 +293,18 @@ class Freezer:
                 prune=True,
             )
         return self._planner
+
+    @property
+    def prediction(self) -> Prediction | None:
+        """The steady-state step time the plan in force predicts (see :class:`Prediction`);
+        None before the first plan, for a pinned plan (no measured profile) and after a
+        restore until the next plan."""
+        return self._prediction
+
+    @property
+    def plan_stage_ratios(self) -> list[float]:
+        """Mean planned ratio per stage (every stage; zeros before the first plan)."""
+        return self._mean_plan_ratios()
 
     @property
     def frozen(self) -> Frozen:
@@ -330,8 +381,11 @@ class Freezer:
         if step >= phases.wmin_start and self.profiles["wmax"] is None:
             return Measurement(window)
         if step >= phases.ramp_start and self.profiles["wmin"] is None:
-            if 0 < cfg.wmin_microbatches < self.num_microbatches:  # only some were frozen
-                return Measurement(window, "all")
+            if 0 < cfg.wmin_microbatches < self.num_microbatches:
+                # only some microbatches froze everything, the others nothing: w_min and w_max
+                # from the same steps, so a machine that speeds up or slows down between the
+                # two windows does not leak into W = w_max - w_min
+                return Measurement(window, "paired")
             return Measurement(window)
         since = step - phases.steady_start
         if cfg.replan_every > 0 and since > 0 and since % cfg.replan_every == 0:
@@ -420,6 +474,10 @@ class Freezer:
         if self.profiles["wmax"] is None:
             self.profiles["wmax"] = profile
         elif self.profiles["wmin"] is None:
+            unfrozen = profile.meta.get("unfrozen")
+            if unfrozen is not None:  # a paired window: its unfrozen microbatches give w_max
+                self.profiles["wmax_paired"] = CostProfile.from_dict(unfrozen)
+                profile = replace(profile, meta={})
             self.profiles["wmin"] = profile
             self._make_plan(step)
         else:
@@ -427,26 +485,33 @@ class Freezer:
 
     def _make_plan(self, step: int) -> None:
         assert self.profiles["wmax"] is not None and self.profiles["wmin"] is not None
-        profile = planner_profile(self.profiles["wmax"], self.profiles["wmin"])
+        wmax = self.profiles.get("wmax_paired") or self.profiles["wmax"]
+        # token stages that freeze groups in any order save W regions only (see planner_profile)
+        w_only = [s for s, shape in self._all_stage_shapes().items() if shape[3] and not shape[2]]
+        profile = planner_profile(wmax, self.profiles["wmin"], w_only)
         self.profiles["planned"] = profile
         plan = self.planner.plan(profile)
         self._plan = plan
         self._reference_makespan = float(plan.makespan)
-        before, after = float(plan.baseline_makespan), float(plan.makespan)
+        predicted = self._predict(plan, profile)
+        before, after = predicted.baseline, predicted.achievable
         self._say(
-            "freeze: step %d: plan predicts step time %.4g -> %.4g (%+.1f%%); "
-            "mean ratio per stage %s",
+            "freeze: step %d: plan predicts step time %.4g -> %.4g (%+.1f%%) with whole "
+            "groups (LP %.4g); mean ratio per stage %s",
             step,
             before,
             after,
             _percent(after, before),
+            float(plan.makespan),
             _format_ratios(self._mean_plan_ratios()),
         )
 
     def _replan(self, step: int, measured: CostProfile) -> None:
         planned, plan = self.profiles["planned"], self._plan
         assert planned is not None and plan is not None
-        refreshed = refresh_profile(planned, measured, self._mean_plan_ratios())
+        refreshed = refresh_profile(
+            planned, measured, self._mean_plan_ratios(), self._predicted_backward(planned)
+        )
         moved = drift(self.planner.makespan(refreshed, dict(plan.ratios)), self._reference_makespan)
         self.profiles["planned"] = refreshed
         self._reference_makespan = moved.current
@@ -470,6 +535,7 @@ class Freezer:
             self._plan = new
             self._reference_makespan = float(new.makespan)
             self.replans += 1
+            self._predict(new, refreshed)
 
     def _pin(self, path: str) -> None:
         """Follow the plan in ``path`` from the ramp on (no measurement, no LP)."""
@@ -491,6 +557,92 @@ class Freezer:
             data["makespan"],
             _format_ratios(self._mean_plan_ratios()),
         )
+
+    def _predict(self, plan: PlanLike, profile: CostProfile) -> Prediction:
+        """Snap ``plan`` to the ratios every stage's groups reach (the decisions' rule in
+        steady state) and simulate it; kept as :attr:`prediction`. Called on every rank at
+        the same step (it gathers the stages' groups the first time)."""
+        shapes = self._all_stage_shapes()
+        ratios = {k: float(v) for k, v in dict(plan.ratios).items()}
+        cap = self.config.max_freeze_ratio
+        for stage, (order, costs, prefix, _) in shapes.items():
+            targets = [ratios.get((stage, m), 0.0) for m in range(self.num_microbatches)]
+            snapped = snap_to_achievable(targets, achievable_ratios(order, costs, prefix), cap)
+            for m, value in enumerate(snapped):
+                ratios[(stage, m)] = value
+        planned = {k: float(v) for k, v in dict(plan.ratios).items()}
+        same = all(abs(v - planned.get(k, 0.0)) <= 1e-9 for k, v in ratios.items())
+        truncated = self._fully_frozen_truncated(shapes, ratios)
+        if same and not truncated:  # the LP's own ratios run: its makespan holds
+            achievable = float(plan.makespan)
+        elif not truncated:
+            achievable = float(self.planner.makespan(profile, ratios))
+        else:
+            durations = self._durations(profile, ratios, truncated)
+            achievable = float(self.planner.makespan(durations, {}))
+        self._prediction = Prediction(
+            baseline=float(plan.baseline_makespan),
+            planned=float(plan.makespan),
+            achievable=achievable,
+            ratios=ratios,
+        )
+        return self._prediction
+
+    def _predicted_backward(self, profile: CostProfile) -> list[float] | None:
+        """Mean backward per stage the plan in force predicts under ``profile`` (the snapped
+        ratios, whole-backward cuts included); None before a prediction."""
+        if self._prediction is None:
+            return None
+        ratios = self._prediction.ratios
+        cut = self._fully_frozen_truncated(self._all_stage_shapes(), ratios)
+        table = self._durations(profile, ratios, cut).microbatches
+        assert table is not None
+        M = self.num_microbatches
+        return [sum(backward_time(row[s]) for row in table) / M for s in range(self.num_stages)]
+
+    def _fully_frozen_truncated(
+        self, shapes: Mapping[int, StageShape], ratios: Mapping[ActionKey, float]
+    ) -> set[ActionKey]:
+        """Actions of a token stage planned W-only (see `planner_profile`'s ``w_only``) that
+        freeze every group: their backward is cut entirely, not just their W regions."""
+        w_only = {s for s, shape in shapes.items() if shape[3] and not shape[2]}
+        return {k for k, v in ratios.items() if k[0] in w_only and v >= 1.0 - 1e-9}
+
+    def _durations(
+        self, profile: CostProfile, ratios: Mapping[ActionKey, float], cut: set[ActionKey]
+    ) -> CostProfile:
+        """``profile`` with every action's frozen duration spelled out per microbatch: I + (1-r)
+        W, and the measured everything-frozen backward (w_min) for the ``cut`` actions."""
+        wmin = self.profiles["wmin"]
+        table = []
+        for m in range(self.num_microbatches):
+            row = []
+            for s, stage in enumerate(profile.stages):
+                if (s, m) in cut and wmin is not None:
+                    row.append({"F": stage["F"], "I": backward_time(wmin.stages[s]), "W": 0.0})
+                    continue
+                r = float(ratios.get((s, m), 0.0))
+                row.append({"F": stage["F"], "I": stage["I"], "W": (1.0 - r) * stage["W"]})
+            table.append(row)
+        return replace(profile, microbatches=table)
+
+    def _all_stage_shapes(self) -> dict[int, StageShape]:
+        """(group order, costs, freezes a prefix, truncates) of every stage with groups: this
+        rank's, merged with the other ranks' through the gather (a collective; once per run)."""
+        if self._stage_shapes is None:
+            local = {
+                s: (
+                    list(self.groups[s]),
+                    dict(self.costs[s]),
+                    self._freezes_prefix(s),
+                    s in self.layout.truncating_stages,
+                )
+                for s in self.local_stages
+                if self.groups[s]
+            }
+            parts = self._gather(local) if self._gather is not None else [local]
+            self._stage_shapes = {s: shape for part in parts for s, shape in part.items()}
+        return self._stage_shapes
 
     def _say(self, message: str, *args: Any) -> None:
         """Log at INFO; on the announcing rank also print when logging is not configured

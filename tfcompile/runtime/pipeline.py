@@ -579,13 +579,19 @@ class Pipeline:
         """Median F, I, W per stage (ms) and comm over the last `window` steps, all ranks.
 
         `frozen` ("none", "some", "all") restricts I and W to backward parts run with that
-        much of their stage frozen. Collective under torchrun: every rank must call it at the
-        same step.
+        much of their stage frozen. "paired" returns the "all" profile with the "none" profile
+        of the same steps in ``meta["unfrozen"]`` (a window where some microbatches froze
+        everything and the others nothing: both measured under the same machine conditions).
+        Collective under torchrun: every rank must call it at the same step.
         """
         local = (self.timer.window(window), self.timer.window_arrivals(window))
         gathered = self._gather(local)
         parts = [p for g in gathered for p in g[0]]
         arrivals = [a for g in gathered for a in g[1]]
+        if frozen == "paired":
+            profile = median_profile(parts, arrivals, self.num_stages, "all")
+            unfrozen = median_profile(parts, arrivals, self.num_stages, "none")
+            return CostProfile.from_dict({**profile, "meta": {"unfrozen": unfrozen}})
         return CostProfile.from_dict(median_profile(parts, arrivals, self.num_stages, frozen))
 
     def memory_stats(self) -> dict[str, int]:

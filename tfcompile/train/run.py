@@ -530,14 +530,16 @@ def summarise(
     ]
     plan = None
     if freezer is not None and freezer.plan is not None:
-        p = freezer.plan
+        p, predicted = freezer.plan, freezer.prediction
+        lp_gain = float(p.baseline_makespan) / float(p.makespan) if float(p.makespan) > 0 else None
         plan = {
             "makespan_ms": float(p.makespan),
             "baseline_makespan_ms": float(p.baseline_makespan),
-            "predicted_gain": float(p.baseline_makespan) / float(p.makespan)
-            if float(p.makespan) > 0
-            else None,
-            "stage_ratio": freezer._mean_plan_ratios(),
+            # what the steady state should measure: the plan snapped to whole groups
+            "achievable_makespan_ms": None if predicted is None else predicted.achievable,
+            "predicted_gain": predicted.gain if predicted is not None else lp_gain,
+            "lp_gain": lp_gain,
+            "stage_ratio": freezer.plan_stage_ratios,
             "replans": freezer.replans,
         }
     median = statistics.median(steady) if steady else float("nan")

@@ -9,22 +9,28 @@ from tfcompile.freeze.policies.apf import APF
 from tfcompile.freeze.policies.autofreeze import AutoFreeze
 from tfcompile.freeze.policies.freezeout import FreezeOut
 from tfcompile.freeze.policies.selection import (
+    achievable_ratios,
     frozen_fraction,
+    groups_with_ratio,
     metric_order,
     normalised_costs,
     random_order,
     select_by_cost,
     select_for_stage,
+    snap_to_achievable,
 )
 
 __all__ = [
     "APF",
     "AutoFreeze",
     "FreezeOut",
+    "achievable_ratios",
     "frozen_fraction",
+    "groups_with_ratio",
     "metric_order",
     "normalised_costs",
     "random_order",
     "select_by_cost",
     "select_for_stage",
+    "snap_to_achievable",
 ]

@@ -61,6 +61,117 @@ def select_by_cost(
     return frozenset(chosen)
 
 
+#: Most groups (with a W cost) a stage may have for its reachable ratios to be enumerated
+#: (2^14 subsets); a stage with more is fine-grained enough to be treated as continuous.
+MAX_ENUMERATED_GROUPS = 14
+#: Two ratios closer than this are the same ratio (sums of float costs are not exact).
+RATIO_EPS = 1e-9
+
+
+def achievable_ratios(
+    order: Sequence[str], costs: Mapping[str, float], prefix: bool = False
+) -> list[float] | None:
+    """Every ratio one action of a stage can freeze exactly: the W cost of a set of groups
+    over the stage's total, sorted, 0 and 1 included.
+
+    With ``prefix`` (a truncating stage) only prefixes of ``order`` count. None when the stage
+    has more than :data:`MAX_ENUMERATED_GROUPS` groups with a cost: then any ratio is treated
+    as reachable. Zero-cost groups never change the ratio and are left out.
+    """
+    total = sum(max(float(costs[g]), 0.0) for g in order)
+    paid = [max(float(costs[g]), 0.0) / total for g in order if costs[g] > 0.0] if total else []
+    if prefix:
+        sums = [0.0]
+        for cost in paid:
+            sums.append(sums[-1] + cost)
+    elif len(paid) > MAX_ENUMERATED_GROUPS:
+        return None
+    else:
+        sums = [0.0]
+        for cost in paid:
+            sums += [s + cost for s in sums]
+    out: list[float] = []
+    for value in sorted(min(s, 1.0) for s in sums):
+        if not out or value - out[-1] > RATIO_EPS:
+            out.append(value)
+    return out
+
+
+def snap_to_achievable(
+    targets: Sequence[float], achievable: Sequence[float] | None, cap: float
+) -> list[float]:
+    """Per-microbatch ratios a stage can reach, following ``targets`` on average.
+
+    Groups are coarse: with a few groups per stage the ratio closest to a target can sit far
+    from it (and above the cap). Each microbatch with a positive target takes the reachable
+    ratio closest to its target plus the shortfall (or minus the excess) carried from the
+    earlier microbatches (error diffusion), so the stage's average tracks the average target;
+    the running total never exceeds ``cap`` x the number of microbatches, so the average never
+    exceeds the cap. Microbatches the plan leaves unfrozen (target 0) stay unfrozen: freezing
+    them would cost accuracy without shortening the critical path. ``achievable`` None
+    (continuous): the targets, clipped by the same running cap.
+    """
+    budget = cap * len(targets)
+    carry = used = 0.0
+    snapped: list[float] = []
+    for target in targets:
+        if target <= 0.0:
+            snapped.append(0.0)
+            continue
+        aim = min(max(target + carry, 0.0), 1.0)
+        limit = max(min(1.0, budget - used), 0.0)
+        if achievable is None:
+            value = min(aim, limit)
+        else:
+            fits = (v for v in achievable if v <= limit + RATIO_EPS)
+            value = min(fits, key=lambda v: (abs(v - aim), v))
+        carry += target - value
+        used += value
+        snapped.append(value)
+    return snapped
+
+
+def groups_with_ratio(
+    order: Sequence[str], costs: Mapping[str, float], ratio: float, prefix: bool = False
+) -> frozenset[str] | None:
+    """The first set of groups (depth-first along ``order``, earlier groups preferred) whose
+    W cost is ``ratio`` of the stage's; a prefix of ``order`` with ``prefix``. None when no
+    set has that ratio."""
+    total = sum(max(float(costs[g]), 0.0) for g in order)
+    if ratio <= RATIO_EPS:
+        return frozenset()
+    if total <= 0.0:
+        return None
+    paid = [(g, float(costs[g]) / total) for g in order if costs[g] > 0.0]
+    if prefix:
+        acc = 0.0
+        for i, (_, cost) in enumerate(paid):
+            acc += cost
+            if abs(acc - ratio) <= RATIO_EPS:
+                return frozenset(g for g, _ in paid[: i + 1])
+        return None
+    # suffix sums bound the search: what the remaining groups can still add
+    rest = [0.0] * (len(paid) + 1)
+    for i in range(len(paid) - 1, -1, -1):
+        rest[i] = rest[i + 1] + paid[i][1]
+    chosen: list[str] = []
+
+    def search(i: int, need: float) -> bool:
+        if abs(need) <= RATIO_EPS:
+            return True
+        if i == len(paid) or need > rest[i] + RATIO_EPS:
+            return False
+        group, cost = paid[i]
+        if cost <= need + RATIO_EPS:
+            chosen.append(group)
+            if search(i + 1, need - cost):
+                return True
+            chosen.pop()
+        return search(i + 1, need)
+
+    return frozenset(chosen) if search(0, ratio) else None
+
+
 def select_for_stage(
     orders: Sequence[Sequence[str]],
     costs: Mapping[str, float],
@@ -68,16 +179,24 @@ def select_for_stage(
     cap: float,
     prefix: bool = False,
 ) -> list[frozenset[str]]:
-    """One group set per microbatch of a stage, following the targets on average (error diffusion).
+    """One group set per microbatch of a stage, following the targets on average.
 
-    Groups are coarse: with a few groups per stage the set closest to ``r * total`` can sit
-    far from ``r`` (and above the cap). Each microbatch with a positive target aims at its
-    target plus the shortfall (or minus the excess) carried from the earlier microbatches, so
-    the stage's average actual ratio tracks the average target; the running frozen total never
-    exceeds ``cap`` x the number of microbatches, so the average never exceeds the cap.
-    Microbatches the plan leaves unfrozen (target 0) stay unfrozen: freezing them would cost
-    accuracy without shortening the critical path.
+    The ratios come from :func:`snap_to_achievable` (error diffusion onto the ratios the
+    groups can reach exactly; see there), so a plan snapped the same way predicts what runs;
+    each microbatch then freezes the first set along its own ``order`` (random for plain
+    TimelyFreeze, most converged first for the hybrids) with exactly that ratio. A stage with
+    too many groups to enumerate falls back to the greedy choice along ``order``.
     """
+    if orders:
+        reachable = achievable_ratios(orders[0], costs, prefix)
+        if reachable is not None:
+            snapped = snap_to_achievable(targets, reachable, cap)
+            chosen = [
+                groups_with_ratio(order, costs, value, prefix)
+                for order, value in zip(orders, snapped, strict=True)
+            ]
+            if all(c is not None for c in chosen):
+                return chosen  # type: ignore[return-value]
     budget = cap * len(targets)
     carry = 0.0
     used = 0.0
