@@ -15,8 +15,8 @@ with the same validation batches, and reports mean and spread (min-max over seed
 - median step time over the steady window (steps from the end of TimelyFreeze's ramp to the
   end, the same window for every method), throughput (tokens/s) and gain over ``none``;
 - the measured pipeline step time (first action start to last action end over all ranks, no
-  optimizer) and its gain over ``none``, next to the gain the LP plan predicted
-  (baseline_makespan / makespan, from the run's own measured profile);
+  optimizer) and its gain over ``none``, next to the gain the plan predicted from the run's own
+  measured profile (``Freezer.prediction``: its ratios snapped to whole groups, as they run);
 - the average actual freeze ratio over the steady window (mean over stages);
 - validation loss at equal steps (the end of training, the same validation batches);
 - training wall-clock time (sum of step times, evaluation excluded) until the validation loss
@@ -33,7 +33,9 @@ One torchrun launch per schedule trains every method side by side, step by step 
 every run before step k + 1 of any, order rotated each step): on a shared machine the
 background load then hits every method alike. ``--sequential`` runs them one after another
 through ``tfcompile.train.run.run`` instead. Phases: warm-up and ramp of ``--unit`` steps,
-monitoring windows of ``--monitor-steps`` steps (short: the w_min window freezes everything).
+monitoring windows of ``--monitor-steps`` steps; the w_min window freezes everything in 2 of the
+4 microbatches per step and w_max is taken from the other 2 of the same steps
+(``wmin_microbatches``), so the machine's drift between windows does not reach the plan.
 Outputs under ``--out`` (default results/reproduce): results.json,
 table.md, val_loss_vs_time.png, throughput.png, ratio_vs_step.png, cap_sweep.png, logs/.
 
@@ -89,8 +91,9 @@ TAG = "[reproduce]"
 # What every run shares: 2 processes, one thread each, evaluation every 5 steps, no dumps.
 # warmup: the phase unit (warm-up and ramp length, steps); monitor: steps per monitoring
 # window (w_max, w_min). The paper uses 100-step phases in runs of thousands of steps; here
-# the monitoring windows are kept short because the w_min window freezes everything (no
-# weight learns in it).
+# the monitoring windows are kept short (no weight learns in the frozen microbatches).
+# wmin_microbatches=2: w_min and w_max from the same steps (the forward time, which freezing
+# does not change, differed by up to 25% between two consecutive windows on this machine).
 BASE = RunConfig(
     ranks=2, eval_every=5, val_batches=4, threads=1, no_dumps=True, wmin_microbatches=2
 )
@@ -145,6 +148,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="run methods one after another (default: interleaved step by step)",
     )
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per schedule")
+    p.add_argument(
+        "--reanalyse", action="store_true",
+        help="train nothing: rebuild table, plots and results.json from --out's runs/*.json",
+    )  # fmt: skip
     # absent flags keep the preset's values (QUICK with --quick, FULL otherwise)
     RunConfig.add_arguments(p, only=RUN_FLAGS, suppress_defaults=True)
     p.add_argument("--unit", dest="warmup", type=int, default=argparse.SUPPRESS,
@@ -575,6 +582,11 @@ def analyse(runs: list[dict], settings: dict, margin: float) -> dict:
             row["measured_over_plan"] = row["gain"] / row["plan_step_gain"]
         else:
             row["measured_over_plan"] = None
+        # what the plan models: the pipeline step (timed actions), measured against predicted
+        if row["measured_pipe_gain"] is not None and row["predicted_gain"]:
+            row["pipe_over_plan"] = row["measured_pipe_gain"] / row["predicted_gain"]
+        else:
+            row["pipe_over_plan"] = None
         row["authors_8b_gain"] = AUTHORS_8B.get(schedule, {}).get(method)
         rows.append(row)
     order = {m: i for i, m in enumerate(METHODS)}
@@ -627,15 +639,20 @@ def write_table(analysis: dict, settings: dict, path: Path, margin: float) -> st
         f"microbatches, {settings['steps']} steps, lr {settings['lr']}, cap "
         f"{settings['cap']}; {regime}. Steady window: steps {analysis['window_from']}-"
         f"{settings['steps'] - 1}. Values are means over seeds with [min, max]. Gains are "
-        f"over `none` of the same seed (whole step: pipeline + optimizer). `plan pipe` is the "
-        f"plan's own predicted pipeline gain, `plan step` its saving applied to `none`'s "
-        f"measured step (per-step work outside the timed actions kept), `meas/plan` = gain / "
-        f"plan step. Target validation loss: `none`'s final + {margin} nats. Time = training "
-        "seconds (evaluation excluded). Shared 2-core machine: timings are noisy.",
+        f"over `none` of the same seed (whole step: pipeline + optimizer). `pipe gain` is the "
+        f"measured pipeline step's gain (first action start to last action end, all ranks), "
+        f"`plan pipe` the plan's own predicted pipeline gain (its ratios snapped to whole "
+        f"groups, as they run) and `pipe/plan` their ratio: what the plan models, measured. "
+        f"`plan step` applies the plan's saving to `none`'s measured whole step (work outside "
+        f"the timed actions kept) and `step/plan` = gain / plan step; a whole-step gain above "
+        f"the pipeline gain means that work shrank too (the optimizer skips parameters that no "
+        f"microbatch gave a gradient). Target validation loss: `none`'s final + {margin} nats. "
+        "Time = training seconds (evaluation excluded). Shared 2-core machine: timings are "
+        "noisy.",
         "",
-        "| schedule | method | grad | seeds | tok/s | gain | pipe gain | plan pipe | plan step "
-        "| meas/plan | freeze | val loss | Δ val | time to target s | authors 8B |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| schedule | method | grad | seeds | tok/s | gain | pipe gain | plan pipe | pipe/plan "
+        "| plan step | step/plan | freeze | val loss | Δ val | time to target s | authors 8B |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in analysis["rows"]:
         if r["sweep"]:
@@ -650,6 +667,7 @@ def write_table(analysis: dict, settings: dict, path: Path, margin: float) -> st
                 _fmt_spread(r, "gain", ".3f"),
                 _fmt(r["measured_pipe_gain"], ".3f"),
                 _fmt(r["predicted_gain"], ".3f"),
+                _fmt(r["pipe_over_plan"], ".3f"),
                 _fmt(r["plan_step_gain"], ".3f"),
                 _fmt(r["measured_over_plan"], ".3f"),
                 _fmt(r["mean_freeze_ratio"], ".2f"),
@@ -668,9 +686,9 @@ def write_table(analysis: dict, settings: dict, path: Path, margin: float) -> st
             "",
             "Authors: LLaMA-3.2-1B, 1F1B, 4 GPUs (PAPER.md): gain over no freezing and accuracy.",
             "",
-            "| schedule | cap | seeds | gain | Δ val | plan step | freeze | authors 1B gain "
-            "| authors acc (none 36.19) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| schedule | cap | seeds | gain | Δ val | pipe gain | plan pipe | pipe/plan | freeze "
+            "| authors 1B gain | authors acc (none 36.19) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in sweep:
             authors = AUTHORS_CAP_SWEEP.get(round(r["cap"], 2))
@@ -679,7 +697,9 @@ def write_table(analysis: dict, settings: dict, path: Path, margin: float) -> st
                     r["schedule"], f"{r['cap']:g}", str(r["seeds"]),
                     _fmt_spread(r, "gain", ".3f"),
                     _fmt_spread(r, "val_loss_delta", "+.4f"),
-                    _fmt(r["plan_step_gain"], ".3f"),
+                    _fmt(r["measured_pipe_gain"], ".3f"),
+                    _fmt(r["predicted_gain"], ".3f"),
+                    _fmt(r["pipe_over_plan"], ".3f"),
                     _fmt(r["mean_freeze_ratio"], ".2f"),
                     _fmt(None if authors is None else 1 + authors[0], ".3f"),
                     _fmt(None if authors is None else authors[1], ".2f"),
@@ -828,7 +848,7 @@ def driver(args) -> dict:
     seeds = args.seeds if args.seeds is not None else seeds
     cap_schedules = [s for s in args.cap_schedules.split(",") if s]
     started = time.perf_counter()
-    if not args.from_scratch:
+    if not args.from_scratch and not args.reanalyse:
         steps = args.pretrain_steps or (QUICK_PRETRAIN_STEPS if args.quick else PRETRAIN_STEPS)
         weights = pretrained_weights(base, steps, Path(args.pretrain_cache))
         base = replace(base, data="docs", init=str(weights))
@@ -842,7 +862,7 @@ def driver(args) -> dict:
     launched = time.perf_counter()
     failures = {}
     expected = []
-    for schedule in schedules:
+    for schedule in [] if args.reanalyse else schedules:
         cells = [Cell(m, "drop", seed) for seed in range(seeds) for m in methods]
         if schedule in grad_schedules and "timely" in methods:
             cells += [Cell("timely", "rescale", seed) for seed in range(seeds)]
@@ -865,6 +885,9 @@ def driver(args) -> dict:
         path = out / "runs" / f"{name}.json"
         if path.exists() and path.stat().st_mtime >= launched - 1:
             runs_data.append(json.loads(path.read_text()))
+    if args.reanalyse:  # every run an earlier study left in --out
+        runs_data = [json.loads(p.read_text()) for p in sorted((out / "runs").glob("*.json"))]
+        settings = runs_data[0]["settings"] if runs_data else settings
     analysis = analyse(runs_data, settings, args.target_margin)
     table = write_table(analysis, settings, out / "table.md", args.target_margin)
     plots = write_plots(runs_data, analysis, out, base.max_freeze) if runs_data else []

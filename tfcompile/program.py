@@ -282,11 +282,9 @@ class StageProgram:
                     outs = self._region_fn("W", region)(args)
                     del args
                     self.region_calls[g] += 1
-                    scale = self.grad_scale.get(g)
+                    scale = self.grad_scale.get(g)  # per use, before uses are summed
                     for pname, grad in zip(t.region_params[g], outs):
-                        if scale is not None:  # per use, before uses are summed
-                            grad = grad * scale
-                        _accumulate(t.params[pname], grad, held)
+                        _accumulate(t.params[pname], grad, held, scale)
                     self.last_times[g] = time.perf_counter() - t0
         finally:
             del self._state[mb]
@@ -540,14 +538,19 @@ def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
-def _accumulate(p: torch.Tensor, g: torch.Tensor, held: set[int]) -> None:
-    """Add a region's gradient into ``p.grad`` like eager AccumulateGrad.
+def _accumulate(
+    p: torch.Tensor, g: torch.Tensor, held: set[int], scale: float | None = None
+) -> None:
+    """Add a region's gradient (times ``scale``, grad="rescale") into ``p.grad`` like eager
+    AccumulateGrad.
 
     A first gradient is adopted only when nothing else holds its storage: not in `held` (the
     tangents, input gradients handed out, saved values, parameters, other .grads, a gradient
     already adopted in this call sequence), a whole storage of its own, and p's layout and
     dtype; otherwise .grad is a copy. The adopted storage joins `held`, so a value returned
-    twice by a region, or for two parameters, is copied the second time."""
+    twice by a region, or for two parameters, is copied the second time. The scale is applied
+    in place of an adopted gradient or fused into the copy or the accumulation (no temporary:
+    a rescaled group's weight gradient then costs what an unscaled one does)."""
     if p.grad is None:
         ptr = _storage(g)
         if (
@@ -558,10 +561,14 @@ def _accumulate(p: torch.Tensor, g: torch.Tensor, held: set[int]) -> None:
         ):
             g = torch.empty_like(p).copy_(g)
             ptr = _storage(g)
+        if scale is not None:
+            g.mul_(scale)  # a storage of its own (adopted or copied: checked above)
         held.add(ptr)
         p.grad = g
-    else:
+    elif scale is None:
         p.grad.add_(g)
+    else:
+        p.grad.add_(g, alpha=scale)
 
 
 def training_flags(module: nn.Module) -> tuple[bool, ...]:

@@ -451,8 +451,10 @@ def write_dumps(pipe, out: Path, measured_step_ms: float | None = None) -> None:
     """Measured and predicted timelines, the DAG, the plan (plan.json, pinnable with
     ``--plan``) and the Gantt picture of the plan in force as the runtime executes it.
 
-    The Gantt title gives the plan's own predicted step time (its LP makespan) and
-    ``measured_step_ms``, the median measured pipeline step of the steady window.
+    The Gantt draws the plan's ratios snapped to whole groups (what the steady state runs);
+    its title gives the plan's predicted step time for them (``Freezer.prediction``; the LP
+    makespan for a pinned or restored plan) and ``measured_step_ms``, the median measured
+    pipeline step of the steady window.
     """
     from tfcompile.freeze.pinned import PLAN_FILE, write_plan_file
     from tfcompile.schedules.export import dag_to_dot, gantt, render_dot
@@ -464,13 +466,20 @@ def write_dumps(pipe, out: Path, measured_step_ms: float | None = None) -> None:
     plan = freezer.plan if freezer is not None else None
     profile = freezer.profiles.get("planned") if plan is not None else None
     profile = profile if profile is not None else measured
-    ratios = dict(plan.ratios) if plan is not None else None
+    ratios = dict(plan.ratios) if plan is not None else None  # the LP's: plan.json pins them
+    prediction = freezer.prediction if plan is not None else None
+    # drawn: the ratios as they run (snapped to whole groups), with their predicted step
+    shown = dict(prediction.ratios) if prediction is not None else ratios
     if pipe.rank != 0 or pipe.dp_rank != 0:
         return
-    planned = simulate(pipe.schedule, profile, ratios)
+    planned = simulate(pipe.schedule, profile, shown)
     baseline = simulate(pipe.schedule, profile)
     unit = planned.unit
-    predicted = float(plan.makespan) if plan is not None else planned.makespan
+    predicted = planned.makespan
+    if prediction is not None:
+        predicted = prediction.achievable
+    elif plan is not None:
+        predicted = float(plan.makespan)
     if plan is not None:
         write_plan_file(
             out / PLAN_FILE, pipe.schedule, ratios, plan.makespan, plan.baseline_makespan,
