@@ -297,8 +297,8 @@ class Freezer:
     @property
     def prediction(self) -> Prediction | None:
         """The steady-state step time the plan in force predicts (see :class:`Prediction`);
-        None before the first plan, for a pinned plan (no measured profile) and after a
-        restore until the next plan."""
+        None before the first plan and for a pinned plan (no measured profile). Carried by
+        :meth:`state_dict`."""
         return self._prediction
 
     @property
@@ -832,6 +832,12 @@ class Freezer:
             "profiles": {k: None if v is None else v.to_dict() for k, v in self.profiles.items()},
             "plan": plan,
             "reference_makespan": self._reference_makespan,
+            "prediction": None if self._prediction is None else {
+                "baseline": self._prediction.baseline,
+                "planned": self._prediction.planned,
+                "achievable": self._prediction.achievable,
+                "ratios": [[s, m, float(r)] for (s, m), r in self._prediction.ratios.items()],
+            },
             "replans": self.replans,
             "frozen": [[s, m, sorted(g)] for (s, m), g in self._frozen.items()],
             "global_order": None if self._global_order is None else list(self._global_order),
@@ -880,6 +886,15 @@ class Freezer:
                 solve_seconds=float(plan.get("solve_seconds", 0.0)),
             )
         self._reference_makespan = state["reference_makespan"]
+        predicted = state.get("prediction")  # absent in checkpoints of older versions
+        self._prediction = None
+        if predicted is not None:
+            self._prediction = Prediction(
+                baseline=float(predicted["baseline"]),
+                planned=float(predicted["planned"]),
+                achievable=float(predicted["achievable"]),
+                ratios={(int(s), int(m)): float(r) for s, m, r in predicted["ratios"]},
+            )
         self.replans = int(state["replans"])
         self._frozen = {(int(s), int(m)): frozenset(g) for s, m, g in state["frozen"]}
         order = state["global_order"]
