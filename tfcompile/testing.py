@@ -6,8 +6,12 @@ that need a gradient have ``requires_grad`` set), and for loss stages a loss fun
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -137,3 +141,23 @@ class _LlamaStage(nn.Module):
         if self.output is not None:
             x = self.output(self.norm(x))
         return x
+
+
+def torchrun_verdicts(
+    worker: Path, out: Path, cases: str, timeout: float, nproc: int = 2
+) -> dict:
+    """Run a test worker under torchrun (``nproc`` ranks, gloo) on ``cases`` (comma list) and
+    collect each rank's verdicts, ``out/rank<r>.json`` ({} for a rank that wrote none), plus
+    ``"log"``: the tail of the run's output, for the assertion messages. The worker gets
+    ``--out``, ``--cases`` and ``--timeout`` (30 s less than ours, so it reports before we
+    give up)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "--monitor-interval=1", str(worker), "--out", str(out),
+           "--cases", cases, "--timeout", str(timeout - 30)]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    verdicts: dict = {}
+    for rank in range(nproc):
+        path = Path(out) / f"rank{rank}.json"
+        verdicts[rank] = json.loads(path.read_text()) if path.exists() else {}
+    verdicts["log"] = result.stdout[-2000:] + result.stderr[-3000:]
+    return verdicts

@@ -4,12 +4,11 @@ across ranks, a forward-only stage on its own rank."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tfcompile.testing import torchrun_verdicts
 
 WORKER = Path(__file__).parent / "workers" / "exactness_worker.py"
 COMM_CASES = (
@@ -21,16 +20,7 @@ pytestmark = pytest.mark.slow
 
 
 def torchrun(out: Path, cases: str, timeout: float = 180) -> dict[int, dict]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "--monitor-interval=1", str(WORKER), "--out", str(out), "--cases", cases,
-           "--timeout", str(timeout - 30)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    verdicts = {}
-    for rank in range(2):
-        path = out / f"rank{rank}.json"
-        verdicts[rank] = json.loads(path.read_text()) if path.exists() else {}
-    verdicts["log"] = result.stdout[-2000:] + result.stderr[-3000:]
-    return verdicts
+    return torchrun_verdicts(WORKER, out, cases, timeout)
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,11 @@ ids travel between ranks with the hidden state (no gradient sent for them), tupl
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tfcompile.testing import torchrun_verdicts
 
 WORKER = Path(__file__).parent / "workers" / "k5_worker.py"
 
@@ -19,16 +18,7 @@ pytestmark = pytest.mark.slow
 def mask_run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("exact_k5")
     timeout = 180
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "--monitor-interval=1", str(WORKER), "--out", str(out),
-           "--cases", "k5_mask_1F1B,k5_mask_GPipe", "--timeout", str(timeout - 30)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    verdicts: dict = {}
-    for rank in range(2):
-        path = out / f"rank{rank}.json"
-        verdicts[rank] = json.loads(path.read_text()) if path.exists() else {}
-    verdicts["log"] = result.stdout[-2000:] + result.stderr[-3000:]
-    return verdicts
+    return torchrun_verdicts(WORKER, out, "k5_mask_1F1B,k5_mask_GPipe", timeout)
 
 
 @pytest.mark.parametrize("schedule", ["1F1B", "GPipe"])

@@ -6,12 +6,11 @@ equal eager training on every rank."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tfcompile.testing import torchrun_verdicts
 
 WORKER = Path(__file__).parent / "zoo_worker.py"
 CASES = ("llama_tied", "gpt2", "lora_llama", "bert", "resnet_bn", "timm_vit")
@@ -23,16 +22,7 @@ pytestmark = pytest.mark.slow
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("zoo_dist")
     timeout = 420
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "--monitor-interval=1", str(WORKER), "--out", str(out), "--cases", ",".join(CASES),
-           "--timeout", str(timeout - 30)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    verdicts = {}
-    for rank in range(2):
-        path = out / f"rank{rank}.json"
-        verdicts[rank] = json.loads(path.read_text()) if path.exists() else {}
-    verdicts["log"] = result.stdout[-2000:] + result.stderr[-3000:]
-    return verdicts
+    return torchrun_verdicts(WORKER, out, ",".join(CASES), timeout)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -78,10 +78,23 @@ STATE_VERSION = 1
 ActionKey = tuple[int, int]
 GroupKey = tuple[int, str]
 Frozen = dict[ActionKey, frozenset[str]]
-#: what planning needs of a stage: group order, W cost per group, freezes a prefix, truncates
-StageShape = tuple[list[str], dict[str, float], bool, bool]
 #: a collective that returns ``value`` from every rank, in rank order
 Gather = Callable[[Any], list[Any]]
+
+
+class StageShape(NamedTuple):
+    """What planning needs to know of a stage (every rank gathers every stage's)."""
+
+    order: list[str]  #: groups in forward order
+    costs: dict[str, float]  #: W cost per group
+    prefix: bool  #: the policy freezes a prefix of ``order`` (a truncating stage)
+    truncates: bool  #: no input gradient: everything frozen cuts the whole backward
+
+    @property
+    def w_only(self) -> bool:
+        """Freezing saves only W regions (groups chosen in any order on a truncating stage;
+        see `planner_profile`)."""
+        return self.truncates and not self.prefix
 
 
 class Measurement(NamedTuple):
@@ -487,7 +500,7 @@ class Freezer:
         assert self.profiles["wmax"] is not None and self.profiles["wmin"] is not None
         wmax = self.profiles.get("wmax_paired") or self.profiles["wmax"]
         # token stages that freeze groups in any order save W regions only (see planner_profile)
-        w_only = [s for s, shape in self._all_stage_shapes().items() if shape[3] and not shape[2]]
+        w_only = [s for s, shape in self._all_stage_shapes().items() if shape.w_only]
         profile = planner_profile(wmax, self.profiles["wmin"], w_only)
         self.profiles["planned"] = profile
         plan = self.planner.plan(profile)
@@ -565,9 +578,10 @@ class Freezer:
         shapes = self._all_stage_shapes()
         ratios = {k: float(v) for k, v in dict(plan.ratios).items()}
         cap = self.config.max_freeze_ratio
-        for stage, (order, costs, prefix, _) in shapes.items():
+        for stage, shape in shapes.items():
             targets = [ratios.get((stage, m), 0.0) for m in range(self.num_microbatches)]
-            snapped = snap_to_achievable(targets, achievable_ratios(order, costs, prefix), cap)
+            reachable = achievable_ratios(shape.order, shape.costs, shape.prefix)
+            snapped = snap_to_achievable(targets, reachable, cap)
             for m, value in enumerate(snapped):
                 ratios[(stage, m)] = value
         planned = {k: float(v) for k, v in dict(plan.ratios).items()}
@@ -605,7 +619,7 @@ class Freezer:
     ) -> set[ActionKey]:
         """Actions of a token stage planned W-only (see `planner_profile`'s ``w_only``) that
         freeze every group: their backward is cut entirely, not just their W regions."""
-        w_only = {s for s, shape in shapes.items() if shape[3] and not shape[2]}
+        w_only = {s for s, shape in shapes.items() if shape.w_only}
         return {k for k, v in ratios.items() if k[0] in w_only and v >= 1.0 - 1e-9}
 
     def _durations(
@@ -631,7 +645,7 @@ class Freezer:
         rank's, merged with the other ranks' through the gather (a collective; once per run)."""
         if self._stage_shapes is None:
             local = {
-                s: (
+                s: StageShape(
                     list(self.groups[s]),
                     dict(self.costs[s]),
                     self._freezes_prefix(s),
