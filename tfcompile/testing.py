@@ -2,6 +2,7 @@
 
 ``build_stage(name, dtype)`` returns a :class:`StageCase`: a module, example inputs (activations
 that need a gradient have ``requires_grad`` set), and for loss stages a loss function and target.
+``linear_freeze_pipeline`` is the tiny freezing pipeline of the hardening tests.
 """
 
 from __future__ import annotations
@@ -12,15 +13,21 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import tfcompile
 from tfcompile.models.convnext import ConvNeXtBlock
 from tfcompile.models.llama import Llama, LlamaBlock, LlamaConfig
 from tfcompile.models.mlp import MLP
 from tfcompile.models.vit import ViTBlock
+
+if TYPE_CHECKING:
+    from tfcompile.freeze.config import FreezeConfig
+    from tfcompile.runtime.pipeline import Pipeline
 
 
 @dataclass
@@ -161,3 +168,22 @@ def torchrun_verdicts(
         verdicts[rank] = json.loads(path.read_text()) if path.exists() else {}
     verdicts["log"] = result.stdout[-2000:] + result.stderr[-3000:]
     return verdicts
+
+
+def linear_freeze_pipeline(freeze: FreezeConfig, layers: int) -> Pipeline:
+    """A tiny freezing pipeline: ``layers`` Linear(8, 8) layers (seed 0) over 2 stages, 1F1B,
+    2 microbatches, MSE loss, with ``freeze``. Several freezing tests need the same small
+    model, differing only in its depth and freeze config, so it is built in one place; each
+    test brings its own optimizer and training loop."""
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(layers)])
+    return tfcompile.compile(
+        model,
+        schedule="1F1B",
+        stages=2,
+        microbatches=2,
+        example_inputs=(torch.zeros(2, 8),),
+        loss_fn=F.mse_loss,
+        example_target=torch.zeros(2, 8),
+        freeze=freeze,
+    )

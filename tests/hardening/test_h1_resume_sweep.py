@@ -7,11 +7,10 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
-import tfcompile
 from tfcompile import FreezeConfig
 from tfcompile.runtime.timers import ActionTimer, TimedPart
+from tfcompile.testing import linear_freeze_pipeline
 
 STEPS = 14
 # warm-up 0, w_max 1-3, w_min 4-6, plan at 7, ramp 7-8, steady 9-, re-plan at 11 and 13
@@ -56,18 +55,7 @@ def synthetic_clock(monkeypatch):
 
 
 def build():
-    torch.manual_seed(0)
-    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(4)])
-    pipe = tfcompile.compile(
-        model,
-        schedule="1F1B",
-        stages=2,
-        microbatches=2,
-        example_inputs=(torch.zeros(2, 8),),
-        loss_fn=nn.functional.mse_loss,
-        example_target=torch.zeros(2, 8),
-        freeze=FreezeConfig(**CONFIG),
-    )
+    pipe = linear_freeze_pipeline(FreezeConfig(**CONFIG), layers=4)
     return pipe, torch.optim.SGD(pipe.parameters(), lr=0.05, momentum=0.9)
 
 

@@ -7,29 +7,17 @@ import logging
 
 import pytest
 import torch
-from torch import nn
 
-import tfcompile
 from tfcompile import FreezeConfig
 from tfcompile.freeze.policies import APF, AutoFreeze
 from tfcompile.schedules.profile import CostProfile
+from tfcompile.testing import linear_freeze_pipeline
 
 LAYERS = 6
 
 
 def build(**config):
-    torch.manual_seed(0)
-    model = nn.Sequential(*[nn.Linear(8, 8) for _ in range(LAYERS)])
-    pipe = tfcompile.compile(
-        model,
-        schedule="1F1B",
-        stages=2,
-        microbatches=2,
-        example_inputs=(torch.zeros(2, 8),),
-        loss_fn=nn.functional.mse_loss,
-        example_target=torch.zeros(2, 8),
-        freeze=FreezeConfig(**config),
-    )
+    pipe = linear_freeze_pipeline(FreezeConfig(**config), layers=LAYERS)
     return pipe, torch.optim.SGD(pipe.parameters(), lr=0.01)
 
 

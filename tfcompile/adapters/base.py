@@ -60,6 +60,15 @@ class Adapter:
     resolve: Callable[[nn.Module], Adapter] | None = None
 
 
+def class_index_target(example_inputs: tuple) -> torch.Tensor:
+    """The default ``example_target`` of a classifier adapter: class 0 for every example,
+    (batch,) int64, the batch size read off the first input. compile() only traces the loss
+    with it, so any valid label does; the classifier adapters (image classifiers, text encoders)
+    share this one so that they agree on the target's structure.
+    """
+    return torch.zeros(example_inputs[0].shape[0], dtype=torch.long)
+
+
 def run_blocks(blocks: Sequence[nn.Module], inputs: tuple):
     """The blocks composed as a stage composes them (a tuple output is splatted into the next
     block); a single value comes back as itself."""

@@ -14,6 +14,8 @@ embeddings (GPT-2, ``tie_word_embeddings``) are one Parameter in the first and t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -138,26 +140,27 @@ def _ids_as_target(example_inputs: tuple) -> torch.Tensor:
     return example_inputs[0]
 
 
-LLAMA = register_adapter(
-    Adapter(
-        name="transformers causal LM (Llama, Mistral, Qwen2, Qwen3)",
-        matches=lambda m: _is(m, LLAMA_FAMILY),
-        blocks=llama_blocks,
-        output=_logits,
-        loss=causal_lm_loss,
-        example_target=_ids_as_target,
-        check=check_plain_decoder,
+def _register_causal_lm(
+    name: str, family: frozenset[str], blocks: Callable[[nn.Module], Blocks]
+) -> Adapter:
+    """Register the adapter of one causal-LM family. Every family here keeps one contract (the
+    logits out, next-token loss, the input ids as the default target, decoder-only models
+    only), so that a new family cannot drift from it; they differ only in the classes they
+    match and how they cut a model into blocks."""
+    return register_adapter(
+        Adapter(
+            name=name,
+            matches=lambda m: _is(m, family),
+            blocks=blocks,
+            output=_logits,
+            loss=causal_lm_loss,
+            example_target=_ids_as_target,
+            check=check_plain_decoder,
+        )
     )
-)
 
-GPT2 = register_adapter(
-    Adapter(
-        name="transformers GPT-2 LM",
-        matches=lambda m: _is(m, GPT2_FAMILY),
-        blocks=gpt2_blocks,
-        output=_logits,
-        loss=causal_lm_loss,
-        example_target=_ids_as_target,
-        check=check_plain_decoder,
-    )
+
+LLAMA = _register_causal_lm(
+    "transformers causal LM (Llama, Mistral, Qwen2, Qwen3)", LLAMA_FAMILY, llama_blocks
 )
+GPT2 = _register_causal_lm("transformers GPT-2 LM", GPT2_FAMILY, gpt2_blocks)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tfcompile.adapters.base import Adapter, Blocks
+from tfcompile.adapters.base import Adapter, Blocks, class_index_target
 from tfcompile.adapters.losses import classification_loss
 from tfcompile.adapters.registry import library_of, register_adapter
 from tfcompile.errors import RuntimeConfigError
@@ -76,10 +76,6 @@ def encoder_blocks(model: nn.Module) -> Blocks:
     return blocks
 
 
-def _class_target(example_inputs: tuple) -> torch.Tensor:
-    return torch.zeros(example_inputs[0].shape[0], dtype=torch.long)
-
-
 ENCODER = register_adapter(
     Adapter(
         name="transformers encoder classifier (BERT, RoBERTa)",
@@ -87,7 +83,7 @@ ENCODER = register_adapter(
         blocks=encoder_blocks,
         output=lambda out: out.logits,
         loss=classification_loss,
-        example_target=_class_target,
+        example_target=class_index_target,
         check=_check,
     )
 )

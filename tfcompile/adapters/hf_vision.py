@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tfcompile.adapters.base import Adapter, Blocks
+from tfcompile.adapters.base import Adapter, Blocks, class_index_target
 from tfcompile.adapters.hf_encoder import EncoderLayerBlock
 from tfcompile.adapters.losses import classification_loss
 from tfcompile.adapters.registry import library_of, register_adapter
@@ -87,10 +87,6 @@ def _matches(model: nn.Module) -> bool:
     return library_of(model) == "transformers" and type(model).__name__ in VISION_FAMILY
 
 
-def _class_target(example_inputs: tuple) -> torch.Tensor:
-    return torch.zeros(example_inputs[0].shape[0], dtype=torch.long)
-
-
 VISION = register_adapter(
     Adapter(
         name="transformers image classifier (ViT, ConvNeXt, ConvNeXt V2, ResNet)",
@@ -98,6 +94,6 @@ VISION = register_adapter(
         blocks=vision_blocks,
         output=lambda out: out.logits,
         loss=classification_loss,
-        example_target=_class_target,
+        example_target=class_index_target,
     )
 )

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from tfcompile.adapters.base import Adapter, Blocks
+from tfcompile.adapters.base import Adapter, Blocks, class_index_target
 from tfcompile.adapters.losses import classification_loss
 from tfcompile.adapters.registry import library_of, register_adapter
 from tfcompile.errors import RuntimeConfigError
@@ -187,10 +187,6 @@ def _matches(model: nn.Module) -> bool:
     return library_of(model) == "timm" and type(model).__name__ in TIMM_FAMILY
 
 
-def _class_target(example_inputs: tuple) -> torch.Tensor:
-    return torch.zeros(example_inputs[0].shape[0], dtype=torch.long)
-
-
 TIMM = register_adapter(
     Adapter(
         name="timm image classifier (VisionTransformer, ConvNeXt, ResNet)",
@@ -198,7 +194,7 @@ TIMM = register_adapter(
         blocks=timm_blocks,
         output=lambda out: out,
         loss=classification_loss,
-        example_target=_class_target,
+        example_target=class_index_target,
         check=_check,
     )
 )
