@@ -11,6 +11,11 @@ before the forward, sampled after every aten op (glibc mallinfo2 in a TorchDispa
 A second table does the same for a first stage (token embedding + blocks, integer inputs), where
 freezing front-to-back also truncates the backward at the earliest unfrozen group.
 
+Where the time goes: one forward + backward of eager autograd, ours and ours+inductor under
+torch.profiler, split into library kernels (GEMM, fused attention, convolution: the same
+oneDNN/MKL kernels whichever backend calls them) and everything else. Eager's library share is
+the floor of any such backend's ratio to eager (it would have to make every other op free).
+
 Rows "ind", "ind_25".. are the same with inductor-compiled regions (``backend="inductor"``);
 its compile time and each configuration's first-call time are reported apart from the medians.
 
@@ -103,6 +108,42 @@ def _peak_bytes(fn) -> int:
     with Peak() as p:
         fn()
     return p.peak
+
+
+# Ops whose work is a vendor library kernel (oneDNN/MKL GEMM, the fused attention kernels,
+# convolution) that eager autograd and inductor call alike: inductor on CPU lowers matrix
+# multiplies and attention to these same extern kernels, so their time is the part of a step no
+# backend that calls them can shrink.
+LIBRARY_OPS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::_addmm_activation")
+LIBRARY_PREFIXES = ("aten::_scaled_dot_product", "aten::_flash_attention",
+                    "aten::_efficient_attention", "aten::mkldnn_convolution",
+                    "aten::convolution_backward")  # fmt: skip
+
+
+def library_kernel_split(fn, iters: int = 5) -> dict[str, float]:
+    """Per call of `fn` (one forward + backward), the profiler's self CPU time (ms) in library
+    kernels (LIBRARY_OPS: GEMM, fused attention, convolution) and in everything else.
+
+    ``library_ms / (library_ms + other_ms)`` of eager autograd is the floor of the
+    ours-vs-eager ratio for any backend that calls the same library kernels: it would have to
+    make every other op (elementwise, reductions, copies, Python) free. The profiler adds its
+    own cost to every op, most to eager's many small ones, so this floor is on the low side
+    (the true one is higher). CPU only (on CUDA the CPU self time of an op is its launch, not
+    its kernel)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm: allocator and lazy compilation outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            fn()
+    library = other = 0.0
+    for e in prof.key_averages():
+        ms = e.self_cpu_time_total / 1e3 / iters
+        if e.key in LIBRARY_OPS or e.key.startswith(LIBRARY_PREFIXES):
+            library += ms
+        else:
+            other += ms
+    return {"library_ms": library, "other_ms": other, "library_share": library / (library + other)}
 
 
 def freeze_sets(prog, fractions):
@@ -235,6 +276,10 @@ def run_stage(module, x, target_fn, reps, label, loss=False, inductor=True):
             iprog.backward(0, *(() if loss else (gout,)))
 
         mem["ind"] = _peak_bytes(ind_fb)
+    # where the time of one forward + backward goes: library kernels vs everything else
+    kernels = {"eager": library_kernel_split(eager_fb), "ours": library_kernel_split(ours_fb)}
+    if iprog is not None:
+        kernels["ind"] = library_kernel_split(ind_fb)
 
     rows = []
     base = med["ours"]
@@ -306,6 +351,15 @@ def run_stage(module, x, target_fn, reps, label, loss=False, inductor=True):
         f"ours {mem['ours'] / 2**20:.1f} MiB (ratio {mem['ours'] / max(mem['eager'], 1):.3f})"
         + (f", ours+inductor {mem['ind'] / 2**20:.1f} MiB" if "ind" in mem else "")
     )
+    print(
+        "profiled forward+backward (self CPU ms per call): "
+        + "; ".join(
+            f"{k} library kernels {v['library_ms']:.1f} + other {v['other_ms']:.1f}"
+            for k, v in kernels.items()
+        )
+        + f". Floor of any backend calling the same kernels vs eager: "
+        f"{kernels['eager']['library_share']:.3f}"
+    )
     if iprog is not None:
         print(
             f"inductor: compile {iprog.compile_seconds:.1f} s in total; first call "
@@ -318,6 +372,7 @@ def run_stage(module, x, target_fn, reps, label, loss=False, inductor=True):
         "region_ms": region_med,
         "rows": rows,
         "peak_bytes": mem,
+        "kernel_split_ms": kernels,
         "trace_s": trace_s,
         "inductor_compile_s": iprog.compile_seconds if iprog is not None else None,
     }
@@ -327,6 +382,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--reps", type=int, default=15)
@@ -344,8 +401,8 @@ def main(argv=None):
         vocab_size=1024,
         dim=args.dim,
         n_layers=args.blocks,
-        n_heads=8,
-        n_kv_heads=4,
+        n_heads=args.heads,
+        n_kv_heads=args.kv_heads,
         max_seq_len=max(128, args.seq),
     )
     print(

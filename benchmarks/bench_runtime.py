@@ -534,6 +534,8 @@ def compiled_summary(compiled: dict, med: dict, profiles: dict, M: int, last: in
         summary["freeze_saved_ms"] = saved
         summary["frozen_w_ms"] = w_ms
         summary["saved_over_frozen_w"] = saved / w_ms if w_ms else None
+    for name, prof in profiles.items():  # per-action medians (ms) of the compiled pipeline
+        summary[name]["profile"] = {k: prof[k] for k in ("stages", "comm", "span_ms")}
     return summary
 
 
@@ -593,6 +595,14 @@ def print_table(r: dict) -> None:
             ms = med.get(name, float("nan"))
             first, cs = e.get("first_step_s", float("nan")), e.get("compile_s", float("nan"))
             print(f"{name:<44} {ms:>10.2f} {first:>12.2f} {cs:>9.2f}")
+        for name in ("tfcompile_inductor", "tfcompile_inductor_wfrozen"):
+            prof = comp.get(name, {}).get("profile")
+            if prof:  # where the compiled step's time goes, per stage
+                parts = "; ".join(
+                    f"stage {s}: F {st['F']:.1f} I {st['I']:.1f} W {st['W']:.1f}"
+                    for s, st in enumerate(prof["stages"])
+                )
+                print(f"  {name} action medians (ms): {parts}; span {prof['span_ms']:.1f}")
         for key in ("ratio_inductor_vs_torch", "ratio_inductor_vs_torch_compile",
                     "ratio_inductor_vs_tfcompile_eager", "saved_over_frozen_w"):  # fmt: skip
             if comp.get(key) is not None:
