@@ -112,7 +112,30 @@ def test_bad_backend_options_refused():
         tfcompile.trace_stage(case.module, case.inputs, backend="tvm")
     with pytest.raises(RuntimeConfigError, match="cuda_graphs=True"):
         tfcompile.trace_stage(case.module, case.inputs, backend=InductorBackend(cuda_graphs=True))
+    with pytest.raises(RuntimeConfigError, match="partition='fastest'"):
+        InductorBackend(partition="fastest")
     # each program gets its own copy of a backend given as an instance
     template = InductorBackend()
     assert make_backend(template, stage="s0") is not template
     assert make_backend(template, stage="s0").stage == "s0"
+
+
+def test_inductor_traces_with_the_min_cut_partition():
+    """Tracing for inductor partitions as torch.compile does (min-cut): the LLaMA block's forward
+    saves fewer values than with the eager backend's default partition, which
+    InductorBackend(partition="default") reproduces exactly. Tracing compiles nothing."""
+    case = build_stage("llama_block", torch.float32)
+
+    def saved(backend):
+        prog = tfcompile.trace_stage(
+            copy.deepcopy(case.module), case.inputs, loss_fn=case.loss_fn,
+            example_target=case.target, backend=backend,
+        )  # fmt: skip
+        return prog.traced.saved_names, prog
+
+    eager_saved, _ = saved("eager")
+    min_cut_saved, prog = saved("inductor")
+    default_saved, _ = saved(InductorBackend(partition="default"))
+    assert len(min_cut_saved) < len(eager_saved)
+    assert default_saved == eager_saved
+    assert prog.backend.partition == "min_cut" and not prog.backend.compiled

@@ -40,26 +40,36 @@ def aot_trace(
     args: Sequence[Any],
     num_params_buffers: int,
     tag_joint: Callable[[fx.GraphModule, int], None] | None = None,
+    partition: str = "default",
 ) -> tuple[fx.GraphModule, fx.GraphModule | None, int, Any]:
     """Trace ``fn(*args)`` with AOTAutograd into (forward, backward) fx GraphModules.
 
     Uses ``functorch.compile.aot_function`` with no-op compilers and a partition function that
-    captures the default partition (the path torch.compile uses; exact gradients, see
-    TORCH-NOTES.md). Returns ``(fw_gm, bw_gm, num_fwd_outputs, eager_like_outputs)``; ``bw_gm`` is
+    captures the partition (exact gradients, see TORCH-NOTES.md). `partition` picks the
+    partitioner: ``"default"`` (``default_partition``: the forward saves what eager autograd
+    would) or ``"min_cut"`` (``min_cut_rematerialization_partition``, what torch.compile uses
+    for training: fewer saved values, cheap ops recomputed in the backward).
+    Returns ``(fw_gm, bw_gm, num_fwd_outputs, eager_like_outputs)``; ``bw_gm`` is
     None when nothing required grad. The partition runs during the first call.
     ``tag_joint(joint, num_fwd_outputs)`` may write recompute tags (``node.meta["recompute"]``,
-    ``CheckpointPolicy``) into the joint graph first; the default partitioner then saves only
+    ``CheckpointPolicy``) into the joint graph first; both partitioners then save only
     the untagged forward values and the backward recomputes the tagged ones. Annotations made
     with :func:`annotate_nodes` while tracing reach the joint graph's ``node.meta["custom"]``.
     """
-    from functorch.compile import aot_function, default_partition
+    from functorch.compile import (
+        aot_function,
+        default_partition,
+        min_cut_rematerialization_partition,
+    )
 
+    partitioners = {"default": default_partition, "min_cut": min_cut_rematerialization_partition}
+    partition_fn = partitioners[partition]
     captured: dict[str, Any] = {}
 
-    def partition(joint, joint_inputs, **kwargs):
+    def partition_and_capture(joint, joint_inputs, **kwargs):
         if tag_joint is not None:
             tag_joint(joint, kwargs["num_fwd_outputs"])
-        fw, bw = default_partition(joint, joint_inputs, **kwargs)
+        fw, bw = partition_fn(joint, joint_inputs, **kwargs)
         captured["fw"], captured["bw"] = fw, bw
         captured["num_fwd_outputs"] = kwargs.get("num_fwd_outputs")
         return fw, bw
@@ -73,7 +83,7 @@ def aot_trace(
         fn,
         fw_compiler=fw_only,
         bw_compiler=nop,
-        partition_fn=partition,
+        partition_fn=partition_and_capture,
         num_params_buffers=num_params_buffers,
     )
     # real tensors the function reaches without them being arguments (plain tensor attributes,

@@ -30,7 +30,7 @@ from tfcompile.passes.checkpointing import saved_bytes
 from tfcompile.passes.split_weight_grad import INPUT, Region, SplitBackward
 from tfcompile.tensor_spec import TensorSpec
 
-__all__ = ["Backend", "EagerBackend", "GraphFn", "StageProgram", "TracedStage"]
+__all__ = ["PARTITIONS", "Backend", "EagerBackend", "GraphFn", "StageProgram", "TracedStage"]
 
 # A runnable graph: takes its inputs as one list, which it may clear to free inputs early (the
 # boxed calling convention), and returns the graph's outputs in order.
@@ -94,15 +94,29 @@ class TracedStage:
 
 
 class Backend(Protocol):
-    """Turns the graphs of a traced stage into callables (the seam for compiled regions)."""
+    """Turns the graphs of a traced stage into callables (the seam for compiled regions).
+
+    A backend may also have a ``partition`` attribute, the AOTAutograd partitioner tracing uses
+    for it (``"default"`` when absent; see :data:`PARTITIONS`): which forward values the
+    forward saves and which the backward recomputes."""
 
     def forward(self, gm: fx.GraphModule) -> GraphFn: ...
 
     def region(self, region: Region) -> GraphFn: ...
 
 
+#: AOTAutograd partitioners a backend may ask for: ``"default"`` saves what eager autograd
+#: saves; ``"min_cut"`` (torch.compile's choice for training) saves fewer values and recomputes
+#: cheap elementwise ops in the backward, where a compiler fuses them into kernels it runs anyway.
+PARTITIONS = ("default", "min_cut")
+
+
 class EagerBackend:
-    """Runs the fx GraphModules as traced: today's behaviour, and the reference for others."""
+    """Runs the fx GraphModules as traced: today's behaviour, and the reference for others.
+
+    Keeps the default partition: op by op, a recomputed op costs a kernel of its own."""
+
+    partition = "default"
 
     def forward(self, gm: fx.GraphModule) -> GraphFn:
         return lambda args: gm(*args)

@@ -143,6 +143,7 @@ def trace_stage(
         fw_gm, bw_gm, num_fwd_outputs = _aot_graphs(
             module, fn, args, len(params) + len(buffers),
             tag_joint=lambda joint, _n: checkpointing.tag_recompute(joint, ac_policy),
+            partition=getattr(runner, "partition", "default"),
         )  # fmt: skip
     check_graph_constants(fw_gm, bw_gm, module, loss_fn)
     # the parameters the graphs were made for: which train (None for an evaluation program,
@@ -526,13 +527,15 @@ def _aot_graphs(
     args: list,
     num_params_buffers: int,
     tag_joint: Callable[[fx.GraphModule, int], Any] | None = None,
+    partition: str = "default",
 ) -> tuple[fx.GraphModule, fx.GraphModule | None, int]:
     """Forward and backward GraphModules of `fn` (backward None when nothing needs a gradient),
     with AOTAutograd's errors turned into ones that say what to change in the user's module.
-    `tag_joint` writes recompute tags into the joint graph before the partition."""
+    `tag_joint` writes recompute tags into the joint graph before the partition; `partition`
+    is the backend's partitioner (``Backend.partition``)."""
     try:
         fw_gm, bw_gm, num_fwd_outputs, _ = compat.aot_trace(
-            fn, args, num_params_buffers, tag_joint=tag_joint
+            fn, args, num_params_buffers, tag_joint=tag_joint, partition=partition
         )
     except _LossShapeError as e:
         raise TraceError(str(e)) from None

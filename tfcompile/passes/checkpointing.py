@@ -21,8 +21,9 @@ Two steps, both owned here:
 
 Policies (``ACPolicy``):
 
-- ``"none"``: save what the default partition saves; only the user's checkpoint regions are
-  recomputed.
+- ``"none"``: save what the backend's partitioner saves (``Backend.partition``: the default
+  partition for the eager backend, min-cut for inductor); only the user's checkpoint regions
+  are recomputed on top of that.
 - ``"full"``: save each block's input (the previous block's output) only; every op inside a
   block is recomputed. Ops outside blocks (a stage's loss) are saved as usual.
 - ``"selective"``: save the outputs of compute-heavy ops (matmuls, convolutions, attention;
