@@ -139,3 +139,42 @@ def test_inductor_traces_with_the_min_cut_partition():
     assert len(min_cut_saved) < len(eager_saved)
     assert default_saved == eager_saved
     assert prog.backend.partition == "min_cut" and not prog.backend.compiled
+
+
+@pytest.mark.parametrize("policy", ["full", "selective"])
+def test_inductor_keeps_the_default_partition_for_recompute_tags(policy):
+    """Activation checkpointing tags what to recompute; min-cut refuses some tags (a tagged
+    output of the CPU flash-attention op may be neither saved nor recomputed), so a tagged stage
+    is partitioned by the default partitioner whatever the backend: inductor traces it, saving
+    the same values as the eager backend. Tracing compiles nothing."""
+    case = build_stage("llama_block", torch.float32)
+    saved = {}
+    for backend in ("eager", "inductor"):
+        prog = tfcompile.trace_stage(
+            copy.deepcopy(case.module), case.inputs, loss_fn=case.loss_fn,
+            example_target=case.target, backend=backend, activation_checkpointing=policy,
+        )  # fmt: skip
+        saved[backend] = prog.traced.saved_names
+    assert saved["inductor"] == saved["eager"]
+
+
+def test_inductor_keeps_the_default_partition_for_checkpoint_regions():
+    """A torch.utils.checkpoint region tags its ops even with activation_checkpointing="none":
+    the inductor trace then partitions like the eager one (no min-cut)."""
+
+    class Checkpointed(torch.nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+        def forward(self, x):
+            return torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False)
+
+    case = build_stage("llama_block", torch.float32)
+    saved = {}
+    for backend in ("eager", "inductor"):
+        prog = tfcompile.trace_stage(
+            Checkpointed(copy.deepcopy(case.module)), case.inputs, backend=backend
+        )
+        saved[backend] = prog.traced.saved_names
+    assert saved["inductor"] == saved["eager"]

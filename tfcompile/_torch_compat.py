@@ -39,7 +39,7 @@ def aot_trace(
     fn: Callable[..., Any],
     args: Sequence[Any],
     num_params_buffers: int,
-    tag_joint: Callable[[fx.GraphModule, int], None] | None = None,
+    tag_joint: Callable[[fx.GraphModule, int], int | None] | None = None,
     partition: str = "default",
 ) -> tuple[fx.GraphModule, fx.GraphModule | None, int, Any]:
     """Trace ``fn(*args)`` with AOTAutograd into (forward, backward) fx GraphModules.
@@ -48,7 +48,10 @@ def aot_trace(
     captures the partition (exact gradients, see TORCH-NOTES.md). `partition` picks the
     partitioner: ``"default"`` (``default_partition``: the forward saves what eager autograd
     would) or ``"min_cut"`` (``min_cut_rematerialization_partition``, what torch.compile uses
-    for training: fewer saved values, cheap ops recomputed in the backward).
+    for training: fewer saved values, cheap ops recomputed in the backward) when nothing is
+    tagged; a joint graph with recompute tags is always partitioned by ``default_partition``,
+    which carries out exactly what the tags say (min-cut refuses some of them, e.g. a tagged
+    output of the CPU flash-attention op, which it may neither save nor recompute).
     Returns ``(fw_gm, bw_gm, num_fwd_outputs, eager_like_outputs)``; ``bw_gm`` is
     None when nothing required grad. The partition runs during the first call.
     ``tag_joint(joint, num_fwd_outputs)`` may write recompute tags (``node.meta["recompute"]``,
@@ -67,9 +70,9 @@ def aot_trace(
     captured: dict[str, Any] = {}
 
     def partition_and_capture(joint, joint_inputs, **kwargs):
-        if tag_joint is not None:
-            tag_joint(joint, kwargs["num_fwd_outputs"])
-        fw, bw = partition_fn(joint, joint_inputs, **kwargs)
+        tagged = tag_joint(joint, kwargs["num_fwd_outputs"]) if tag_joint is not None else 0
+        fn = default_partition if tagged else partition_fn
+        fw, bw = fn(joint, joint_inputs, **kwargs)
         captured["fw"], captured["bw"] = fw, bw
         captured["num_fwd_outputs"] = kwargs.get("num_fwd_outputs")
         return fw, bw

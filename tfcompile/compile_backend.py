@@ -11,7 +11,9 @@ uses it, and ``region_calls`` and the per-action timers see the compiled callabl
 
 Tracing for this backend uses torch.compile's partitioner (``InductorBackend.partition``,
 ``"min_cut"``): the forward saves fewer values and the compiled backward recomputes the cheap
-elementwise ones, fused into kernels it runs anyway. The split into regions is the same pass
+elementwise ones, fused into kernels it runs anyway. A stage with recompute tags (activation
+checkpointing, ``torch.utils.checkpoint`` regions) is partitioned by the default partitioner
+instead, which carries out the tags as they are. The split into regions is the same pass
 (a recomputed value lands in the one region that reads it, or in ``backward_input``).
 
 Compilation is lazy (on a graph's first call, from the real arguments' shapes and strides),
@@ -80,7 +82,8 @@ class InductorBackend:
     by default, as torch.compile does for training. On the LLaMA stage of bench_backward (dim
     256, 2 blocks, batch 4 x 128, 1 CPU thread) it saves 52 forward values instead of 68 and
     one forward + backward takes 0.98x the time of the default partition (median of 30 paired
-    rounds); ``"default"`` saves what eager autograd saves. ``compile_seconds`` is the total
+    rounds); ``"default"`` saves what eager autograd saves. Stages with recompute tags always
+    use the default partitioner (see ``_torch_compat.aot_trace``). ``compile_seconds`` is the total
     compile time so far (seconds), ``compiled`` the seconds of each compiled graph by name
     (``forward``, ``input[k]``, a group's name). Unknown partitions raise RuntimeConfigError.
     """

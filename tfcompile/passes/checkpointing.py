@@ -23,7 +23,8 @@ Policies (``ACPolicy``):
 
 - ``"none"``: save what the backend's partitioner saves (``Backend.partition``: the default
   partition for the eager backend, min-cut for inductor); only the user's checkpoint regions
-  are recomputed on top of that.
+  are recomputed. Whenever anything is tagged (a policy other than ``"none"``, a checkpoint
+  region), torch's default partitioner carries the tags out, whatever the backend.
 - ``"full"``: save each block's input (the previous block's output) only; every op inside a
   block is recomputed. Ops outside blocks (a stage's loss) are saved as usual.
 - ``"selective"``: save the outputs of compute-heavy ops (matmuls, convolutions, attention;
