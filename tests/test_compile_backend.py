@@ -178,3 +178,24 @@ def test_inductor_keeps_the_default_partition_for_checkpoint_regions():
         )
         saved[backend] = prog.traced.saved_names
     assert saved["inductor"] == saved["eager"]
+
+
+@pytest.mark.slow
+def test_inductor_compiles_a_norm_split_across_tensor_groups(inductor_cache):
+    """groups="tensor" puts a LayerNorm's weight and bias in two groups, so the fused norm
+    backward they share runs in backward_input; inductor compiles every graph (it refuses a
+    tuple crossing into a region) and equals the eager backend, frozen sets included."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.LayerNorm(8))
+    x = torch.randn(4, 8, requires_grad=True)
+    g_out = torch.randn(4, 8)
+    grads = {}
+    for backend in ("eager", "inductor"):
+        m = copy.deepcopy(module)
+        prog = tfcompile.trace_stage(m, (x,), groups="tensor", backend=backend)
+        for mb, frozen in enumerate([["2.weight"], []]):
+            prog.forward(mb, x)
+            prog.backward(mb, g_out, frozen=frozen)
+        grads[backend] = {n: p.grad for n, p in m.named_parameters()}
+    for n, g in grads["eager"].items():
+        _close(grads["inductor"][n], g, n)

@@ -214,3 +214,52 @@ def test_any_frozen_subset_exact_on_first_stage(llama_first_stage):
         assert set(prog.region_calls) == set(prog.group_order) - set(frozen)
 
     check()
+
+
+def _tensor_valued(gm: torch.fx.GraphModule) -> bool:
+    """Every placeholder and output of `gm` holds one tensor (none a multi-output tuple)."""
+    ph = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    return all(isinstance(n.meta.get("val"), torch.Tensor) for n in [*ph, *out] if n is not None)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # LayerNorm weight and bias in two groups: the fused kernel's weight part serves both
+        lambda: torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.LayerNorm(8)),
+        # the same with GroupNorm (native_group_norm_backward)
+        lambda: torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.GroupNorm(2, 4)),
+    ],
+    ids=["layer_norm", "group_norm"],
+)
+def test_values_crossing_into_regions_are_single_tensors(make):
+    """A multi-output node that two groups share (a fused norm backward whose weight and bias
+    gradients belong to two groups under groups="tensor") is computed in backward_input, and
+    what crosses into the regions are its items, not its tuple: compiled backends take flat
+    tensors only. Gradients equal eager autograd's on every frozen subset."""
+    torch.manual_seed(0)
+    module = make().double()
+    x = torch.randn(2, 4, 5, 5) if isinstance(module[0], torch.nn.Conv2d) else torch.randn(4, 8)
+    x = x.double().requires_grad_()
+    prog = tfcompile.trace_stage(module, (x,), groups="tensor")
+    split = prog.split
+    for k in range(len(split.group_order) + 1):
+        assert _tensor_valued(split.input_variant(k).gm), f"input[{k}]"
+    for g, region in split.regions.items():
+        assert _tensor_valued(region.gm), g
+    g_out = torch.randn_like(module(x))
+    ref = torch.autograd.grad(module(x), [x, *module.parameters()], g_out)
+    names = [n for n, _ in module.named_parameters()]
+    for frozen in ([], [split.group_order[-1]], split.group_order[:1]):
+        for p in module.parameters():
+            p.grad = None
+        prog.forward(0, x)
+        (gx,) = prog.backward(0, g_out, frozen=frozen)
+        torch.testing.assert_close(gx, ref[0])
+        for name, p, r in zip(names, module.parameters(), ref[1:]):
+            groups_of = [g for g, ps in prog.groups.items() if name in ps]
+            if set(groups_of) <= set(frozen):
+                assert p.grad is None, name
+            else:
+                torch.testing.assert_close(p.grad, r, msg=name)

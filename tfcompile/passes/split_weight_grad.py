@@ -15,7 +15,9 @@ pass
 3. computes, per label, the ancestors of its outputs. ``D`` (the input part) = ancestors of the
    input gradients plus every value two or more groups need; each group's region = its own
    ancestors minus ``D``; the values of ``D`` a region reads are its inputs (the *stash*).
-   Every value is computed exactly once.
+   Every value is computed exactly once. A multi-output node in ``D`` brings its ``getitem``
+   items along, so the stash holds single tensors, never a tuple (compiled backends take flat
+   tensors only).
 
 **Frozen-prefix truncation.** ``backward_input`` comes in variants: variant ``k`` computes the
 input gradients plus only the stash values that the regions of groups ``group_order[k:]`` need
@@ -147,6 +149,22 @@ def _split_output_masks(gm: fx.GraphModule) -> None:
         graph.erase_node(node)
 
 
+def _items_of_multi_output(part: set[fx.Node], live: set[fx.Node]) -> set[fx.Node]:
+    """The ``getitem`` users (among `live`) of the multi-output nodes in `part`.
+
+    They join `part`, so a value that crosses from backward_input into a region is always one
+    tensor, never a multi-output node's tuple: a compiled backend takes and returns flat
+    tensors only (inductor refuses a tuple output). Such a node lands in `part` when groups
+    share it, e.g. ``native_layer_norm_backward`` computing a weight and a bias gradient that
+    belong to two groups (``groups="tensor"``)."""
+    return {
+        u
+        for n in part
+        for u in n.users
+        if u in live and u.op == "call_function" and u.target is operator.getitem
+    }
+
+
 def _ancestors(roots: list[fx.Node]) -> set[fx.Node]:
     seen: set[fx.Node] = set()
     stack = [r for r in roots if isinstance(r, fx.Node)]
@@ -223,6 +241,7 @@ def split_weight_grad(
         for n in anc[g]:
             count[n] = count.get(n, 0) + 1
     d_nodes = d_input | {n for n, c in count.items() if c >= 2}
+    d_nodes |= _items_of_multi_output(d_nodes, d_input.union(*anc.values()))
     available = d_nodes | ph_set
 
     order = {n: i for i, n in enumerate(graph.nodes)}
