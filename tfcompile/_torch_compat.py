@@ -55,8 +55,9 @@ def aot_trace(
     Returns ``(fw_gm, bw_gm, num_fwd_outputs, eager_like_outputs)``; ``bw_gm`` is
     None when nothing required grad. The partition runs during the first call.
     ``tag_joint(joint, num_fwd_outputs)`` may write recompute tags (``node.meta["recompute"]``,
-    ``CheckpointPolicy``) into the joint graph first; both partitioners then save only
-    the untagged forward values and the backward recomputes the tagged ones. Annotations made
+    ``CheckpointPolicy``) into the joint graph first and returns how many nodes it tagged; the
+    default partitioner then saves only the untagged forward values and the backward
+    recomputes the tagged ones. Annotations made
     with :func:`annotate_nodes` while tracing reach the joint graph's ``node.meta["custom"]``.
     """
     from functorch.compile import (
