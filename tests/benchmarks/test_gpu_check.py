@@ -54,6 +54,10 @@ def test_gpu_check_small_on_cpu(tmp_path, inductor_cache, capsys):
         ("1F1B", "eager"), ("ZBV", "eager")
     }
     assert all(r["final_phase"] == "steady" for r in pipe_rows)
+    # the eager backend compiles nothing; one device runs every rank's actions in turn, so
+    # the prediction (the actions' sum) exceeds the makespan of a two-device pipeline
+    assert all(r["compiling_steps"] == 0 for r in pipe_rows), pipe_rows
+    assert all(r["predicted_ms"] > r["two_device_ms"] > 0 for r in pipe_rows), pipe_rows
     assert all(r["compile_s"] > 0 for r in sections["exactness"] if r["backend"] == "inductor")
     assert "== pipeline" in capsys.readouterr().out
 
