@@ -263,48 +263,53 @@ def pipeline(ctx: Context) -> list[dict]:
 
         runs.append(("1F1B", "inductor+cuda_graphs", InductorBackend(cuda_graphs=True)))
     for schedule, label, backend in runs:
-        torch.manual_seed(0)
-        model = Llama(_llama_config(s, s.layers))
-        example = torch.zeros(s.microbatch, s.seq, dtype=torch.long)
-        t0 = time.perf_counter()
-        pipe = tfcompile.compile(model, schedule, ranks=2, microbatches=s.microbatches,
-                                 example_inputs=(example,), loss_fn=lm_loss,
-                                 example_target=example, device=dev, freeze=freeze,
-                                 backend=backend)  # fmt: skip
-        trace_s = time.perf_counter() - t0
-        times, phases, compiled = [], [], []
+        try:  # one run that fails is an error row; the others still run
+            torch.manual_seed(0)
+            model = Llama(_llama_config(s, s.layers))
+            example = torch.zeros(s.microbatch, s.seq, dtype=torch.long)
+            t0 = time.perf_counter()
+            pipe = tfcompile.compile(model, schedule, ranks=2, microbatches=s.microbatches,
+                                     example_inputs=(example,), loss_fn=lm_loss,
+                                     example_target=example, device=dev, freeze=freeze,
+                                     backend=backend)  # fmt: skip
+            trace_s = time.perf_counter() - t0
+            times, phases, compiled = [], [], []
 
-        def compile_total(pipe=pipe) -> float:
-            return sum(p.compile_seconds for p in pipe.stage_programs.values())
+            def compile_total(pipe=pipe) -> float:
+                return sum(p.compile_seconds for p in pipe.stage_programs.values())
 
-        for i in range(steps):
-            x = data[i % len(data)]
-            before = compile_total()
-            times.append(_timed(ctx, lambda x=x, pipe=pipe: pipe.step(x[:, :-1], x[:, 1:])))
-            phases.append(pipe.freezer.phase)
-            compiled.append(compile_total() > before)
-            for p in pipe.parameters():
-                p.grad = None
-        # steady steps that compiled nothing (a new frozen set can need a truncated
-        # backward_input variant, compiled on its first use)
-        clean = [ph == "steady" and not c for ph, c in zip(phases, compiled)]
-        steady = [t for t, ok in zip(times, clean) if ok] or times[-2:]
-        tail = next((k for k, ok in enumerate(reversed(clean)) if not ok), len(clean))
-        measured = statistics.median(steady)
-        profile = pipe.measured_profile(window=max(tail, 1))  # the trailing clean steps
-        tl = simulate(pipe.schedule, profile)
-        serial = sum(tl.busy) / 1e3  # one device runs every rank's actions in turn
-        rows.append({
-            "schedule": schedule, "backend": label, "trace_s": round(trace_s, 2),
-            "compile_s": round(compile_total(), 2), "first_step_s": times[0],
-            "steady_step_ms": 1e3 * measured, "predicted_ms": 1e3 * serial,
-            "prediction_err_pct": 100 * (serial - measured) / measured,
-            "two_device_ms": tl.makespan, "tokens_per_s": batch * s.seq / measured,
-            "final_phase": phases[-1], "steady_steps": len(steady),
-            "compiling_steps": sum(compiled),
-            "freeze_ratio": statistics.fmean(pipe.freezer.actual_ratios.values() or [0.0]),
-        })  # fmt: skip
-        pipe.close()
+            for i in range(steps):
+                x = data[i % len(data)]
+                before = compile_total()
+                times.append(_timed(ctx, lambda x=x, pipe=pipe: pipe.step(x[:, :-1], x[:, 1:])))
+                phases.append(pipe.freezer.phase)
+                compiled.append(compile_total() > before)
+                for p in pipe.parameters():
+                    p.grad = None
+            # steady steps that compiled nothing (a new frozen set can need a truncated
+            # backward_input variant, compiled on its first use)
+            clean = [ph == "steady" and not c for ph, c in zip(phases, compiled)]
+            steady = [t for t, ok in zip(times, clean) if ok] or times[-2:]
+            tail = next((k for k, ok in enumerate(reversed(clean)) if not ok), len(clean))
+            measured = statistics.median(steady)
+            profile = pipe.measured_profile(window=max(tail, 1))  # the trailing clean steps
+            tl = simulate(pipe.schedule, profile)
+            serial = sum(tl.busy) / 1e3  # one device runs every rank's actions in turn
+            rows.append({
+                "schedule": schedule, "backend": label, "trace_s": round(trace_s, 2),
+                "compile_s": round(compile_total(), 2), "first_step_s": times[0],
+                "steady_step_ms": 1e3 * measured, "predicted_ms": 1e3 * serial,
+                "prediction_err_pct": 100 * (serial - measured) / measured,
+                "two_device_ms": tl.makespan, "tokens_per_s": batch * s.seq / measured,
+                "final_phase": phases[-1], "steady_steps": len(steady),
+                "compiling_steps": sum(compiled),
+                "freeze_ratio": statistics.fmean(pipe.freezer.actual_ratios.values() or [0.0]),
+            })  # fmt: skip
+            pipe.close()
+        except Exception as exc:  # noqa: BLE001 - recorded, like a failing section
+            rows.append({"schedule": schedule, "backend": label,
+                         "error": f"{type(exc).__name__}: {exc}",
+                         "trace": traceback.format_exc()[-3000:]})  # fmt: skip
     return rows
 
 
@@ -383,6 +388,13 @@ def _print_table(results: dict) -> None:
         print(f"\n== {name}")
         if not rows:
             continue
+        for r in rows:
+            if "error" in r:
+                print(f"  ERROR {[v for k, v in r.items() if k not in ('error', 'trace')]}: "
+                      f"{r['error']}")  # fmt: skip
+        rows = [r for r in rows if "error" not in r]
+        if not rows:
+            continue
         keys = list(rows[0])
         print("  ".join(f"{k:>14s}" for k in keys))
         for r in rows:
@@ -434,7 +446,7 @@ def main(argv=None) -> int:
             results["sections"][section.name] = section.run(ctx)
         except Exception as exc:  # noqa: BLE001 - recorded, the other sections still run
             results["sections"][section.name] = [
-                {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-1500:]}
+                {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-3000:]}
             ]
         results["seconds"][section.name] = round(time.perf_counter() - t0, 1)
         print(f"[gpu_check] {section.name}: {results['seconds'][section.name]} s", flush=True)

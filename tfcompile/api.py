@@ -335,18 +335,18 @@ def _trace_local_stages(
         spec = specs[s]
         spec.module.to(device)
         _plain_tensors_to(spec.module, device)
-        inputs = tuple(t.detach().to(device) for t in stage_inputs[s])
-        if s > 0:
-            inputs = wire_inputs(inputs, mixed_precision)
+        on_device = tuple(t.detach().to(device) for t in stage_inputs[s])
+        inputs = wire_inputs(on_device, mixed_precision) if s > 0 else on_device
         if s > 0 and s - 1 not in forward_only:  # masks and ids travel without gradients
             inputs = tuple(t.requires_grad_(_gets_grad(t)) for t in inputs)
         last = s == last_stage
+        target = _to(example_target, device) if last else None
         try:
             programs[s] = trace_stage(
                 spec.module,
                 inputs,
                 loss_fn=loss_fn if last else None,
-                example_target=_to(example_target, device) if last else None,
+                example_target=target,
                 groups=stage_groups(groups, spec, model_names),
                 backend=make_backend(backend, device=device, stage=f"stage {s}"),
                 activation_checkpointing=activation_checkpointing,
@@ -355,9 +355,9 @@ def _trace_local_stages(
         except TraceError as e:  # say which of the model's blocks the stage holds
             raise TraceError(f"stage {s} (blocks {', '.join(spec.block_names)}): {e}") from e
         if last:
-            with torch.no_grad():
-                out = spec.module(*stage_inputs[s])
-                loss_dtype = loss_fn(out, example_target).dtype
+            with torch.no_grad():  # on the device the stage now lives on
+                out = spec.module(*on_device)
+                loss_dtype = loss_fn(out, target).dtype
                 if mixed_precision != "fp32":
                     loss_dtype = torch.float32  # the traced loss is cast to float32
     return programs, loss_dtype
