@@ -303,6 +303,8 @@ def pipeline(ctx: Context) -> list[dict]:
                 "two_device_ms": tl.makespan, "tokens_per_s": batch * s.seq / measured,
                 "final_phase": phases[-1], "steady_steps": len(steady),
                 "compiling_steps": sum(compiled),
+                "uncaptured_graphs": sum(len(getattr(p.backend, "not_captured", ()))
+                                         for p in pipe.stage_programs.values()),
                 "freeze_ratio": statistics.fmean(pipe.freezer.actual_ratios.values() or [0.0]),
             })  # fmt: skip
             pipe.close()
@@ -348,18 +350,20 @@ def cuda_graphs(ctx: Context) -> list[dict]:
 
             first = _timed(ctx, fb)
             fb()
-            runs[label] = (first, [], mod, prog.compile_seconds, fb)
+            runs[label] = (first, [], mod, prog, fb)
         for _ in range(max(s.reps, 20)):  # round-robin, so machine noise hits both
             for run in runs.values():
                 run[1].append(_timed(ctx, run[4]))
         base = statistics.median(runs["inductor"][1])
         ref = dict(runs["inductor"][2].named_parameters())
-        for label, (first, times, mod, compile_s, _) in runs.items():
+        for label, (first, times, mod, prog, _) in runs.items():
             med = statistics.median(times)
             err = max(_rel_err(p.grad, ref[n].grad) for n, p in mod.named_parameters())
             rows.append({"size": size_name, "config": label, "median_ms": 1e3 * med,
                          "vs_inductor": med / base, "first_call_ms": 1e3 * first,
-                         "compile_s": round(compile_s, 2),
+                         "compile_s": round(prog.compile_seconds, 2),
+                         "graphs": len(prog.backend.compiled),
+                         "uncaptured": len(getattr(prog.backend, "not_captured", ())),
                          "max_rel_err_vs_inductor": err})  # fmt: skip
     return rows
 

@@ -199,3 +199,20 @@ def test_inductor_compiles_a_norm_split_across_tensor_groups(inductor_cache):
         grads[backend] = {n: p.grad for n, p in m.named_parameters()}
     for n, g in grads["eager"].items():
         _close(grads["inductor"][n], g, n)
+
+
+def test_cuda_graph_capture_skips_graphs_with_cpu_inputs():
+    """A CPU tensor input (CUDA attention saves its philox seed and offset on the CPU) would be
+    baked into a captured CUDA graph: such graphs stay uncaptured. Meta tensors stand in for
+    device tensors here."""
+    from tfcompile.compile_backend import capture_blocker
+
+    on_device = torch.empty(4, 8, device="meta")
+    seed = torch.tensor(7)
+    assert capture_blocker([on_device, on_device, 3]) is None
+    reason = capture_blocker([on_device, seed, on_device])
+    assert reason is not None and "input 1 is a CPU tensor" in reason
+    # each program's copy of a backend starts with its own record
+    template = InductorBackend(cuda_graphs=True)
+    template.not_captured["input[0]"] = reason
+    assert make_backend(template, stage="s1").not_captured == {}

@@ -54,7 +54,7 @@ from tfcompile.errors import RuntimeConfigError
 from tfcompile.passes.split_weight_grad import Region
 from tfcompile.program import PARTITIONS, Backend, EagerBackend, GraphFn
 
-__all__ = ["BACKENDS", "InductorBackend", "cache_dir", "make_backend"]
+__all__ = ["BACKENDS", "InductorBackend", "cache_dir", "capture_blocker", "make_backend"]
 
 BACKENDS = ("eager", "inductor")
 log = logging.getLogger("tfcompile.compile")
@@ -86,12 +86,15 @@ class InductorBackend:
     use the default partitioner (see ``_torch_compat.aot_trace``). ``compile_seconds`` is the total
     compile time so far (seconds), ``compiled`` the seconds of each compiled graph by name
     (``forward``, ``input[k]``, a group's name). Unknown partitions raise RuntimeConfigError.
+    ``not_captured`` names the graphs that ``cuda_graphs`` left uncaptured, and why
+    (:func:`capture_blocker`).
     """
 
     stage: str = ""
     cuda_graphs: bool = False
     partition: str = "min_cut"
     compiled: dict[str, float] = field(default_factory=dict)
+    not_captured: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.partition not in PARTITIONS:
@@ -124,7 +127,13 @@ class InductorBackend:
         compiled = compat.inductor_compile(fn, args)
         if self.cuda_graphs:
             self.check_device(_device_of(args))
-            compiled = _CudaGraphed(compiled, args)
+            blocker = capture_blocker(args)
+            if blocker is None:
+                compiled = _CudaGraphed(compiled, args)
+            else:
+                self.not_captured[name] = blocker
+                log.info("compile: stage %s: %s not captured in a CUDA graph: %s",
+                         self.stage or "?", name, blocker)  # fmt: skip
         seconds = time.perf_counter() - t0
         self.compiled[name] = seconds
         log.info(
@@ -179,10 +188,25 @@ class _CudaGraphed:
 
 
 def _device_of(args: list) -> torch.device:
+    """The device a graph runs on: that of its first tensor off the CPU (a CUDA graph may
+    take CPU scalars, such as the random-number seeds attention saves for its backward)."""
     for a in args:
-        if isinstance(a, torch.Tensor):
+        if isinstance(a, torch.Tensor) and a.device.type != "cpu":
             return a.device
     return torch.device("cpu")
+
+
+def capture_blocker(args: list) -> str | None:
+    """Why a compiled graph with these arguments must not be captured in a CUDA graph, or
+    None. A CPU tensor input (0-dim ones included: the philox seed and offset that CUDA
+    flash/efficient attention saves for its backward) reaches the kernels as a launch
+    argument read on the host, so a capture would bake in its value at capture time and
+    every replay would reuse it; such graphs run compiled but uncaptured, as torch.compile's
+    CUDA graph trees skip graphs with CPU inputs."""
+    for k, a in enumerate(args):
+        if isinstance(a, torch.Tensor) and a.device.type == "cpu":
+            return f"input {k} is a CPU tensor (shape {tuple(a.shape)}, {a.dtype})"
+    return None
 
 
 def make_backend(
@@ -197,7 +221,7 @@ def make_backend(
     if spec == "inductor":
         backend = InductorBackend(stage=stage)
     elif isinstance(spec, InductorBackend):
-        backend = dataclasses.replace(spec, stage=spec.stage or stage, compiled={})
+        backend = dataclasses.replace(spec, stage=spec.stage or stage, compiled={}, not_captured={})
     elif isinstance(spec, str):
         raise RuntimeConfigError(f"backend={spec!r}: expected one of {BACKENDS}")
     else:  # a user's own Backend (forward/region): used as given
