@@ -364,6 +364,8 @@ def cuda_graphs(ctx: Context) -> list[dict]:
                          "compile_s": round(prog.compile_seconds, 2),
                          "graphs": len(prog.backend.compiled),
                          "uncaptured": len(getattr(prog.backend, "not_captured", ())),
+                         "uncaptured_why": sorted(set(getattr(prog.backend, "not_captured",
+                                                              {}).values()))[:2],
                          "max_rel_err_vs_inductor": err})  # fmt: skip
     return rows
 
