@@ -77,6 +77,7 @@ class Context:
     device: torch.device
     sizes: Sizes
     backends: tuple[str, ...]
+    pipeline_runs: frozenset[str] | None = None  # "schedule:backend" labels; None: all
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -262,6 +263,8 @@ def pipeline(ctx: Context) -> list[dict]:
         from tfcompile.compile_backend import InductorBackend
 
         runs.append(("1F1B", "inductor+cuda_graphs", InductorBackend(cuda_graphs=True)))
+    if ctx.pipeline_runs is not None:
+        runs = [r for r in runs if f"{r[0]}:{r[1]}" in ctx.pipeline_runs]
     for schedule, label, backend in runs:
         try:  # one run that fails is an error row; the others still run
             torch.manual_seed(0)
@@ -424,6 +427,9 @@ def main(argv=None) -> int:
     p.add_argument("--small", action="store_true", help="tiny sizes (CPU: about a minute)")
     p.add_argument("--sections", default=None, help="comma-separated subset of the sections")
     p.add_argument("--backends", default=",".join(BACKENDS), help="eager,inductor or one")
+    p.add_argument("--pipeline-runs", default=None,
+                   help="comma-separated schedule:backend runs of the pipeline section, e.g. "
+                        "1F1B:inductor+cuda_graphs (default: all)")  # fmt: skip
     p.add_argument("--out", default=str(DEFAULT_OUT))
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -433,7 +439,8 @@ def main(argv=None) -> int:
             return 2
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 exactness means fp32 matmuls
         torch.backends.cudnn.allow_tf32 = False
-    ctx = Context(device, SMALL if args.small else FULL, tuple(args.backends.split(",")))
+    runs = frozenset(args.pipeline_runs.split(",")) if args.pipeline_runs else None
+    ctx = Context(device, SMALL if args.small else FULL, tuple(args.backends.split(",")), runs)
     wanted = set(args.sections.split(",")) if args.sections else None
     out = Path(args.out)
     results = {

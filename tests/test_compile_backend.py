@@ -212,6 +212,7 @@ def test_cuda_graph_capture_skips_graphs_with_cpu_inputs():
     assert capture_blocker([on_device, on_device, 3]) is None
     reason = capture_blocker([on_device, seed, on_device])
     assert reason is not None and "input 1 is a CPU tensor" in reason
+    assert capture_blocker([]) == "no tensor input on the device"
     # each program's copy of a backend starts with its own record
     template = InductorBackend(cuda_graphs=True)
     template.not_captured["input[0]"] = reason

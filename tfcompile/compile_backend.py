@@ -125,8 +125,7 @@ class InductorBackend:
         cache_dir()
         t0 = time.perf_counter()
         compiled = compat.inductor_compile(fn, args)
-        if self.cuda_graphs:
-            self.check_device(_device_of(args))
+        if self.cuda_graphs:  # the device itself was checked when the stage was traced
             blocker = capture_blocker(args)
             if blocker is None:
                 compiled = _CudaGraphed(compiled, args)
@@ -187,25 +186,21 @@ class _CudaGraphed:
         return [o.clone() if isinstance(o, torch.Tensor) else o for o in self.outputs]
 
 
-def _device_of(args: list) -> torch.device:
-    """The device a graph runs on: that of its first tensor off the CPU (a CUDA graph may
-    take CPU scalars, such as the random-number seeds attention saves for its backward)."""
-    for a in args:
-        if isinstance(a, torch.Tensor) and a.device.type != "cpu":
-            return a.device
-    return torch.device("cpu")
-
-
 def capture_blocker(args: list) -> str | None:
     """Why a compiled graph with these arguments must not be captured in a CUDA graph, or
     None. A CPU tensor input (0-dim ones included: the philox seed and offset that CUDA
     flash/efficient attention saves for its backward) reaches the kernels as a launch
     argument read on the host, so a capture would bake in its value at capture time and
     every replay would reuse it; such graphs run compiled but uncaptured, as torch.compile's
-    CUDA graph trees skip graphs with CPU inputs."""
+    CUDA graph trees skip graphs with CPU inputs. A graph with no tensor input on the device
+    (a ``backward_input`` variant of a first stage whose inputs take no gradient) has nothing
+    to replay there."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
     for k, a in enumerate(args):
         if isinstance(a, torch.Tensor) and a.device.type == "cpu":
             return f"input {k} is a CPU tensor (shape {tuple(a.shape)}, {a.dtype})"
+    if not tensors:
+        return "no tensor input on the device"
     return None
 
 
