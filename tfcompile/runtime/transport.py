@@ -12,11 +12,13 @@ rank hangs.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -110,6 +112,8 @@ class FailureSignal:
             return None
         return None
 
+    JOIN_S = 5.0  # how long stop() waits for the watchdog's store call in flight
+
     def start_watchdog(self, rank: int) -> None:
         if self.watch_store is None or self._watchdog is not None:
             return
@@ -118,9 +122,15 @@ class FailureSignal:
             target=self._watch, name="tfcompile-watchdog", daemon=True
         )
         self._watchdog.start()
+        _WATCHING.add(self)
 
     def stop(self) -> None:
+        """Stop the watchdog and wait for it (not from the watchdog thread itself)."""
         self._stop.set()
+        thread = self._watchdog
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(self.JOIN_S)
+        _WATCHING.discard(self)
 
     def _watch(self) -> None:
         while not self._stop.wait(self.POLL_S):
@@ -140,6 +150,20 @@ class FailureSignal:
                     flush=True,
                 )
                 os._exit(self.EXIT_CODE)
+
+
+_WATCHING: weakref.WeakSet[FailureSignal] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_watchdogs() -> None:
+    """Stop every running watchdog before the interpreter finalizes, also for pipelines
+    nobody closed. A daemon thread that returns from a store call (C++, GIL released) while
+    the interpreter finalizes is ended with pthread_exit, whose unwinding through pybind11's
+    noexcept frames calls std::terminate: "terminate called without an active exception" and
+    SIGABRT in a process that had finished its work."""
+    for signal in list(_WATCHING):
+        signal.stop()
 
 
 class DistTransport:
