@@ -202,9 +202,9 @@ def test_inductor_compiles_a_norm_split_across_tensor_groups(inductor_cache):
 
 
 def test_cuda_graph_capture_skips_graphs_with_cpu_inputs():
-    """A CPU tensor input (CUDA attention saves its philox seed and offset on the CPU) would be
-    baked into a captured CUDA graph: such graphs stay uncaptured. Meta tensors stand in for
-    device tensors here."""
+    """A CPU tensor input would be baked into a captured CUDA graph, and a graph with no tensor
+    has nothing to capture: such graphs stay uncaptured. Meta tensors stand in for device
+    tensors here."""
     from tfcompile.compile_backend import capture_blocker
 
     on_device = torch.empty(4, 8, device="meta")

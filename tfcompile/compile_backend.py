@@ -196,18 +196,16 @@ class _CudaGraphed:
 
 def capture_blocker(args: list) -> str | None:
     """Why a compiled graph with these arguments must not be captured in a CUDA graph, or
-    None. A CPU tensor input (0-dim ones included: the philox seed and offset that CUDA
-    flash/efficient attention saves for its backward) reaches the kernels as a launch
-    argument read on the host, so a capture would bake in its value at capture time and
-    every replay would reuse it; such graphs run compiled but uncaptured, as torch.compile's
-    CUDA graph trees skip graphs with CPU inputs. A graph with no tensor input on the device
-    (a ``backward_input`` variant of a first stage whose inputs take no gradient) has nothing
-    to replay there."""
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    None. A CPU tensor input (a 0-dim scalar, say) reaches the kernels as a launch argument
+    read on the host, so a capture would bake in its value at capture time and every replay
+    would reuse it; such graphs run compiled but uncaptured, as torch.compile's CUDA graph
+    trees skip graphs with CPU inputs. A graph with no tensor input at all (the
+    ``backward_input`` variant of a first stage whose inputs take no gradient, seen on the
+    H200) has nothing to replay on the device."""
     for k, a in enumerate(args):
         if isinstance(a, torch.Tensor) and a.device.type == "cpu":
             return f"input {k} is a CPU tensor (shape {tuple(a.shape)}, {a.dtype})"
-    if not tensors:
+    if not any(isinstance(a, torch.Tensor) for a in args):
         return "no tensor input on the device"
     return None
 
