@@ -112,6 +112,17 @@ class Blocks(nn.Module):
         return x
 
 
+def _blocks_stage(s: Sizes, dev: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The backward and cuda_graphs sections' stage (``s.stage_blocks`` LLaMA blocks, seeded)
+    with an input activation that takes a gradient and an output gradient, both
+    (microbatch, seq, dim) float32 on `dev`."""
+    torch.manual_seed(0)
+    module = Blocks(_llama_config(s, s.stage_blocks), s.stage_blocks).to(dev)
+    x = torch.randn(s.microbatch, s.seq, s.dim, device=dev, requires_grad=True)
+    dy = torch.randn(s.microbatch, s.seq, s.dim, device=dev)
+    return module, x, dy
+
+
 def lm_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.cross_entropy(logits.flatten(0, -2).float(), target.flatten())
 
@@ -177,10 +188,7 @@ def backward(ctx: Context) -> list[dict]:
     import tfcompile
 
     s, dev = ctx.sizes, ctx.device
-    torch.manual_seed(0)
-    module = Blocks(_llama_config(s, s.stage_blocks), s.stage_blocks).to(dev)
-    x = torch.randn(s.microbatch, s.seq, s.dim, device=dev, requires_grad=True)
-    dy = torch.randn(s.microbatch, s.seq, s.dim, device=dev)
+    module, x, dy = _blocks_stage(s, dev)
     programs = {b: tfcompile.trace_stage(copy.deepcopy(module), (x,), backend=b)
                 for b in ctx.backends}  # fmt: skip
     prog0 = programs["eager"]
@@ -335,10 +343,7 @@ def cuda_graphs(ctx: Context) -> list[dict]:
                      "microbatch": 2, "stage_blocks": 2})  # fmt: skip
     rows = []
     for size_name, s in (("backward stage", ctx.sizes), ("small stage", small)):
-        torch.manual_seed(0)
-        module = Blocks(_llama_config(s, s.stage_blocks), s.stage_blocks).to(dev)
-        x = torch.randn(s.microbatch, s.seq, s.dim, device=dev, requires_grad=True)
-        dy = torch.randn(s.microbatch, s.seq, s.dim, device=dev)
+        module, x, dy = _blocks_stage(s, dev)
         variants = {"inductor": "inductor",
                     "inductor+cuda_graphs": InductorBackend(cuda_graphs=True)}  # fmt: skip
         runs = {}
@@ -353,22 +358,22 @@ def cuda_graphs(ctx: Context) -> list[dict]:
 
             first = _timed(ctx, fb)
             fb()
-            runs[label] = (first, [], mod, prog, fb)
+            runs[label] = {"first": first, "times": [], "mod": mod, "prog": prog, "fb": fb}
         for _ in range(max(s.reps, 20)):  # round-robin, so machine noise hits both
             for run in runs.values():
-                run[1].append(_timed(ctx, run[4]))
-        base = statistics.median(runs["inductor"][1])
-        ref = dict(runs["inductor"][2].named_parameters())
-        for label, (first, times, mod, prog, _) in runs.items():
-            med = statistics.median(times)
+                run["times"].append(_timed(ctx, run["fb"]))
+        base = statistics.median(runs["inductor"]["times"])
+        ref = dict(runs["inductor"]["mod"].named_parameters())
+        for label, run in runs.items():
+            first, mod, prog = run["first"], run["mod"], run["prog"]
+            med = statistics.median(run["times"])
             err = max(_rel_err(p.grad, ref[n].grad) for n, p in mod.named_parameters())
             rows.append({"size": size_name, "config": label, "median_ms": 1e3 * med,
                          "vs_inductor": med / base, "first_call_ms": 1e3 * first,
                          "compile_s": round(prog.compile_seconds, 2),
                          "graphs": len(prog.backend.compiled),
-                         "uncaptured": len(getattr(prog.backend, "not_captured", ())),
-                         "uncaptured_why": sorted(set(getattr(prog.backend, "not_captured",
-                                                              {}).values()))[:2],
+                         "uncaptured": len(prog.backend.not_captured),
+                         "uncaptured_why": sorted(set(prog.backend.not_captured.values()))[:2],
                          "max_rel_err_vs_inductor": err})  # fmt: skip
     return rows
 
